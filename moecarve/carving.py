@@ -1,0 +1,135 @@
+"""Carve a loaded model layer by layer, in sequence (CMoE's schedule).
+
+For layer ℓ: (1) run the dense layer on each window, streaming FFN inputs into NeuronStats;
+(2) partition, build the router, swap in the MoE block; (3) run the *carved* layer to produce
+layer ℓ+1's inputs, recording routing statistics. Later layers are thus fitted to what they will
+really see. Peak memory ≈ the model + one layer's inputs for the calibration windows.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import clustering
+import routers
+from clustering.base import LayerProfile, PartitionRequest
+from moecarve.architectures import ArchSpec
+from moecarve.errors import CancelledError
+from moecarve.ffn import FFNWeights, extract_ffn, set_submodule, submodule
+from moecarve.moe import MoEBlock
+from moecarve.plan import LayerPlan, Plan
+from moecarve.profiling import NeuronStats, profile_summary
+from moecarve.progress import CancelFn, ProgressEvent, ProgressFn, never_cancel, no_progress
+from moecarve.recipe import Recipe
+from moecarve.routing_stats import RoutingRecorder
+from moecarve.sequential import capture_inputs, capture_layer_calls, run_layer
+from routers.balance import fit_selection_bias
+from routers.base import RouterContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CarveOutcome:
+    blocks: dict[int, MoEBlock] = field(default_factory=dict)
+    calibration_stats: dict[int, dict[str, Any]] = field(default_factory=dict)
+    neuron_stats: dict[int, dict[str, list[float]]] = field(default_factory=dict)
+    layer_seconds: dict[int, float] = field(default_factory=dict)
+
+
+def decoder_layers(model: nn.Module, arch: ArchSpec) -> nn.ModuleList:
+    return submodule(model, arch.layers)  # type: ignore[return-value]
+
+
+def install_block(layer: nn.Module, arch: ArchSpec, block: nn.Module) -> None:
+    """Swap the layer's FFN for ``block`` (and turn split-FFN leftovers into identities)."""
+    set_submodule(layer, arch.replace, block)
+    for path in arch.identity:
+        set_submodule(layer, path, nn.Identity())
+
+
+def build_block(
+    ffn: FFNWeights, profile: LayerProfile, lp: LayerPlan, recipe: Recipe, layer_index: int
+) -> MoEBlock:
+    seed = recipe.seed + layer_index
+    request = PartitionRequest(
+        num_shared=lp.shared_size,
+        num_experts=lp.num_experts,
+        expert_size=lp.expert_size,
+        num_experts_per_tok=lp.num_experts_per_tok,
+        seed=seed,
+        options=recipe.partition.options,
+    )
+    part = clustering.registry.get(recipe.partition.method)(profile, request).validate(ffn.num_neurons, request)
+    shared = torch.from_numpy(part.shared.astype(np.int64))
+    experts = torch.from_numpy(part.experts.astype(np.int64))
+    ctx = RouterContext(
+        x=torch.from_numpy(profile.sample_x),
+        h=torch.from_numpy(profile.sample_h),
+        up=ffn.up.float(),
+        down=ffn.down.float(),
+        gate=None if ffn.gate is None else ffn.gate.float(),
+        shared=shared,
+        experts=experts,
+        importance=torch.from_numpy(profile.importance).float(),
+        num_experts_per_tok=lp.num_experts_per_tok,
+        seed=seed,
+        options=recipe.router.options,
+    )
+    router = routers.registry.get(recipe.router.method)(ctx)
+    block = MoEBlock.from_ffn(ffn, shared, experts, lp.num_experts_per_tok, router)
+    if recipe.router.balance and lp.num_experts_per_tok < lp.num_experts:
+        with torch.no_grad():
+            block.selection_bias.copy_(fit_selection_bias(block.scores(ctx.x), lp.num_experts_per_tok))
+    return block
+
+
+@torch.no_grad()
+def carve_model(
+    model: nn.Module,
+    arch: ArchSpec,
+    the_plan: Plan,
+    recipe: Recipe,
+    windows: torch.Tensor,
+    progress: ProgressFn = no_progress,
+    should_cancel: CancelFn = never_cancel,
+) -> CarveOutcome:
+    """Replace every non-dense FFN of ``model`` in place; returns blocks and statistics."""
+    layers = decoder_layers(model, arch)
+    state = capture_layer_calls(model, layers, windows)
+    outcome = CarveOutcome()
+    activation = arch.activation(model.config.to_dict())
+    total = len(layers)
+    for i, (layer, lp) in enumerate(zip(layers, the_plan.layers, strict=True)):
+        if should_cancel():
+            raise CancelledError(f"cancelled before layer {i} of {total}")
+        start = time.perf_counter()
+        progress(ProgressEvent("carve", i, total, f"layer {i}: profiling"))
+        if not lp.dense:
+            ffn = extract_ffn(layer, arch, activation)
+            stats = NeuronStats(ffn, recipe.profile.marker_top_k, recipe.profile.sample_tokens, recipe.seed + i)
+            with capture_inputs(submodule(layer, arch.replace), stats.update):
+                for hidden, call in zip(state.hidden, state.calls[i], strict=True):
+                    run_layer(layer, hidden, call)
+            profile = stats.finalize()
+            block = build_block(ffn, profile, lp, recipe, i)
+            install_block(layer, arch, block)
+            outcome.blocks[i] = block
+            outcome.neuron_stats[i] = profile_summary(profile)
+            block.recorder = recorder = RoutingRecorder(block.num_experts)  # type: ignore[assignment]
+        if i < total - 1 or not lp.dense:
+            state.hidden = [run_layer(layer, h, c) for h, c in zip(state.hidden, state.calls[i], strict=True)]
+        if not lp.dense:
+            block.recorder = None
+            outcome.calibration_stats[i] = recorder.summary()
+        outcome.layer_seconds[i] = time.perf_counter() - start
+        log.debug("layer %d carved in %.1fs", i, outcome.layer_seconds[i])
+    progress(ProgressEvent("carve", total, total, "done"))
+    return outcome

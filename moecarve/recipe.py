@@ -1,0 +1,231 @@
+"""The recipe: ONE pydantic model that is the library argument, the YAML file and the HTTP body.
+
+Help text lives in ``Field(description=...)`` only. Importing this module never imports torch.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from moecarve.errors import RecipeError
+
+DEFAULT_MODEL = "smollm2-135m"
+_SHORTHAND = re.compile(r"^S(\d+)A(\d+)E(\d+)$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+def parse_shorthand(text: str) -> dict[str, int]:
+    """CMoE's ``S{shared}A{activated}E{total}`` → recipe fields (E counts the shared units too)."""
+    m = _SHORTHAND.match(text.strip().upper())
+    if not m:
+        raise ValueError(f"expected a layout like 'S2A2E16' (shared, activated, total experts), got {text!r}")
+    shared, active, total = (int(g) for g in m.groups())
+    if total <= shared:
+        raise ValueError(f"{text}: total experts E{total} must exceed shared S{shared}")
+    return {"num_shared_experts": shared, "num_experts_per_tok": active, "num_experts": total - shared}
+
+
+class MoeSpec(_Strict):
+    """Layout of every MoE layer, in units of one routed expert's size."""
+
+    num_experts: int | None = Field(None, ge=1, description="Routed experts per layer (E).")
+    num_experts_per_tok: int | None = Field(None, ge=1, description="Routed experts selected per token (k).")
+    num_shared_experts: int | None = Field(
+        None, ge=0, description="Shared (always-on) expert size, in units of one routed expert's size."
+    )
+    active_fraction: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Budget-first layout: the active FFN fraction alone; moecarve picks S, k and E.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return parse_shorthand(data)
+        if isinstance(data, dict) and isinstance(data.get("layout"), str):
+            data = dict(data)
+            data.update(parse_shorthand(data.pop("layout")))
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MoeSpec:
+        explicit = self.num_experts is not None or self.num_experts_per_tok is not None
+        if not explicit and self.active_fraction is None:
+            raise ValueError("give num_experts + num_experts_per_tok (+ num_shared_experts), a layout like 'S2A2E16', or active_fraction")
+        if explicit:
+            if self.num_experts is None or self.num_experts_per_tok is None:
+                raise ValueError("num_experts and num_experts_per_tok must be given together")
+            if self.num_experts_per_tok > self.num_experts:
+                raise ValueError(
+                    f"num_experts_per_tok (k={self.num_experts_per_tok}) cannot exceed num_experts "
+                    f"(E={self.num_experts}); lower k or raise E"
+                )
+            if self.num_shared_experts is None:
+                self.num_shared_experts = 0
+        return self
+
+    def resolved(self, d_ff: int | None = None) -> MoeSpec:
+        """Explicit S·k·E, picking a layout from ``active_fraction`` when only that was given."""
+        if self.num_experts is not None:
+            return self
+        from moecarve.layouts import layout_for_fraction
+
+        return MoeSpec(**layout_for_fraction(self.active_fraction, d_ff))  # type: ignore[arg-type]
+
+    @property
+    def layout(self) -> str:
+        r = self.resolved()
+        return f"S{r.num_shared_experts}A{r.num_experts_per_tok}E{r.num_experts + r.num_shared_experts}"  # type: ignore[operator]
+
+    @property
+    def fraction(self) -> float:
+        r = self.resolved()
+        units = r.num_experts + r.num_shared_experts  # type: ignore[operator]
+        return (r.num_shared_experts + r.num_experts_per_tok) / units  # type: ignore[operator]
+
+
+class LayerOverride(_Strict):
+    """A different layout (or dense) for some layers."""
+
+    layers: list[int] = Field(..., min_length=1, description="Layer indices this override applies to.")
+    dense: bool = Field(False, description="Keep these layers dense (not carved).")
+    moe: MoeSpec | None = Field(None, description="Layout for these layers; the recipe's moe when omitted.")
+
+    @model_validator(mode="after")
+    def _one(self) -> LayerOverride:
+        if self.dense == (self.moe is not None):
+            raise ValueError("an override sets exactly one of dense: true or moe: {...}")
+        return self
+
+
+def _check_partition(name: str) -> str:
+    from clustering import registry
+
+    return registry.check(name)
+
+
+def _check_router(name: str) -> str:
+    from routers import registry
+
+    return registry.check(name)
+
+
+class PartitionSpec(_Strict):
+    method: str = Field("coact", description="Neuron → expert partition method (a name in the clustering registry).")
+    options: dict[str, Any] = Field(default_factory=dict, description="Method-specific options.")
+
+    _v = field_validator("method")(classmethod(lambda cls, v: _check_partition(v)))
+
+
+class RouterSpec(_Strict):
+    method: str = Field("centroid", description="Router construction method (a name in the routers registry).")
+    options: dict[str, Any] = Field(default_factory=dict, description="Method-specific options.")
+    balance: bool = Field(
+        False, description="Fit a per-expert selection bias on calibration routing so expert load is even."
+    )
+
+    _v = field_validator("method")(classmethod(lambda cls, v: _check_router(v)))
+
+
+class CalibrationSpec(_Strict):
+    path: str | list[str] | None = Field(
+        None,
+        description="Text file(s) or directory (.txt/.jsonl/.parquet), joined with a blank line; "
+        "omit for the embedded default corpus.",
+    )
+    text_column: str = Field("text", description="Column / key holding text in .jsonl and .parquet files.")
+    num_calibration_samples: int = Field(8, ge=1, description="Number of calibration windows.")
+    max_seq_length: int = Field(2048, ge=8, description="Tokens per calibration window.")
+    shuffle: bool = Field(True, description="Pick windows by torch.randperm under `seed` (else the first ones).")
+    seed: int = Field(0, description="Seed of the window choice.")
+
+
+class EvaluationSpec(_Strict):
+    enabled: bool = Field(True, description="Measure held-out perplexity of dense and carved models.")
+    path: str | list[str] | None = Field(
+        None, description="Held-out text file(s); omit for the embedded held-out corpus."
+    )
+    text_column: str = Field("text", description="Column / key holding text in .jsonl and .parquet files.")
+    max_windows: int = Field(8, ge=1, description="Score at most this many non-overlapping windows.")
+    window: int | None = Field(None, ge=8, description="Window length; defaults to calibration.max_seq_length.")
+
+
+class ProfileSpec(_Strict):
+    marker_top_k: int = Field(10, ge=1, description="Per token, the K largest |activations| count as 'markers' (CMoE's activation rate).")
+    sample_tokens: int = Field(
+        4096, ge=64, description="Bounded sample of calibration tokens kept per layer for clustering and router fitting."
+    )
+
+
+class Recipe(_Strict):
+    """Everything a carve needs; the same object in Python, YAML and HTTP."""
+
+    model: str = Field(DEFAULT_MODEL, description="Local HF directory, hub id (when online), or the packaged default 'smollm2-135m'.")
+    moe: MoeSpec = Field(..., description="Layout: {num_experts, num_experts_per_tok, num_shared_experts}, 'S2A2E16', or {active_fraction}.")
+    overrides: list[LayerOverride] = Field(default_factory=list, description="Per-layer layouts or dense layers.")
+    partition: PartitionSpec = Field(default_factory=PartitionSpec)
+    router: RouterSpec = Field(default_factory=RouterSpec)
+    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    profile: ProfileSpec = Field(default_factory=ProfileSpec)
+    seed: int = Field(0, description="Seed of partition and router methods.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Dtype of the saved checkpoint.")
+
+    @model_validator(mode="after")
+    def _overrides_disjoint(self) -> Recipe:
+        seen: set[int] = set()
+        for o in self.overrides:
+            dup = seen.intersection(o.layers)
+            if dup:
+                raise ValueError(f"layers {sorted(dup)} appear in more than one override")
+            seen.update(o.layers)
+        return self
+
+    def layer_moe(self, index: int, d_ff: int | None = None) -> MoeSpec | None:
+        """Resolved layout of layer ``index``; None keeps it dense."""
+        for o in self.overrides:
+            if index in o.layers:
+                return None if o.dense else o.moe.resolved(d_ff)  # type: ignore[union-attr]
+        return self.moe.resolved(d_ff)
+
+    # --- YAML ⇄ Python -------------------------------------------------------------------
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Recipe:
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+        except OSError as e:
+            raise RecipeError(f"cannot read recipe {path}: {e.strerror}") from e
+        except yaml.YAMLError as e:
+            raise RecipeError(f"recipe {path} is not valid YAML: {e}") from e
+        return cls.parse(data, source=str(path))
+
+    @classmethod
+    def parse(cls, data: Any, source: str = "recipe") -> Recipe:
+        if not isinstance(data, dict):
+            raise RecipeError(f"{source}: expected a mapping of recipe fields, got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise RecipeError(f"{source}: {format_validation_error(e)}") from e
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
+
+def format_validation_error(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "recipe"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)

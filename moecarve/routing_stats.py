@@ -1,0 +1,99 @@
+"""Routing statistics of MoE blocks, accumulated over the tokens they see.
+
+Per layer: expert load (share of routed slots), load coefficient of variation, max/mean, load
+entropy, mean router entropy, relative FFN reconstruction error vs the dense FFN (all neurons),
+recall of dense activation mass (Σ|h_i|·‖W_down[:, i]‖ over active neurons ÷ over all neurons),
+the shares of output norm carried by the shared and routed parts, and expert co-selection counts.
+The dense reference is recomputed expert by expert here: this is diagnostics, not the compute path.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from moecarve.moe import MoEBlock
+
+
+class RoutingRecorder:
+    def __init__(self, num_experts: int) -> None:
+        E = num_experts
+        self.tokens = 0
+        self.load = torch.zeros(E, dtype=torch.float64)
+        self.coselect = torch.zeros(E, E, dtype=torch.float64)
+        self.router_entropy = 0.0
+        self.err_sq = 0.0
+        self.dense_sq = 0.0
+        self.mass_active = 0.0
+        self.mass_total = 0.0
+        self.shared_norm = 0.0
+        self.routed_norm = 0.0
+
+    @torch.no_grad()
+    def __call__(self, block: MoEBlock, x: torch.Tensor, scores: torch.Tensor, selected: torch.Tensor) -> None:
+        x = x.float()
+        T, E = x.shape[0], block.num_experts
+        onehot = torch.zeros(T, E, dtype=torch.float64).scatter_(1, selected, 1.0)
+        self.tokens += T
+        self.load += onehot.sum(0)
+        self.coselect += onehot.t() @ onehot
+        logp = torch.log_softmax(scores.double(), dim=-1)
+        self.router_entropy += float(-(logp.exp() * logp).sum())
+
+        shared = block.shared_output(x).double()
+        dense, moe = shared.clone(), shared.clone()
+        mass_all = torch.zeros(T, dtype=torch.float64)
+        mass_sel = torch.zeros(T, dtype=torch.float64)
+        if block.shared_size:
+            h = block._hidden(x, block.shared_up, block.shared_up_bias, block.shared_gate, block.shared_gate_bias)
+            m = (h.abs() * block.shared_down.norm(dim=0)).sum(1).double()
+            mass_all += m
+            mass_sel += m
+        for e in range(E):
+            h = block.expert_hidden(x, e)
+            out = (h @ block.experts_down[e].t()).double()
+            dense += out
+            moe += out * onehot[:, e : e + 1]
+            m = (h.abs() * block.experts_down[e].norm(dim=0)).sum(1).double()
+            mass_all += m
+            mass_sel += m * onehot[:, e]
+        self.err_sq += float(((moe - dense) ** 2).sum())
+        self.dense_sq += float((dense**2).sum())
+        self.mass_active += float(mass_sel.sum())
+        self.mass_total += float(mass_all.sum())
+        self.shared_norm += float(shared.norm(dim=1).sum())
+        self.routed_norm += float((moe - shared).norm(dim=1).sum())
+
+    def summary(self) -> dict[str, Any]:
+        E = self.load.numel()
+        share = self.load / self.load.sum().clamp_min(1e-12)
+        mean = share.mean()
+        p = share[share > 0]
+        norms = self.shared_norm + self.routed_norm
+        return {
+            "tokens": self.tokens,
+            "expert_load": [round(float(v), 6) for v in share],
+            "load_cv": float(share.std(unbiased=False) / mean) if E > 1 else 0.0,
+            "load_max_over_mean": float(share.max() / mean),
+            "load_entropy": float(-(p * p.log()).sum() / math.log(E)) if E > 1 else 1.0,
+            "router_entropy": self.router_entropy / max(self.tokens, 1) / (math.log(E) if E > 1 else 1.0),
+            "never_selected": [int(e) for e in torch.nonzero(self.load == 0).flatten()],
+            "reconstruction_error": self.err_sq / max(self.dense_sq, 1e-30),
+            "recall": self.mass_active / max(self.mass_total, 1e-30),
+            "shared_output_share": self.shared_norm / norms if norms else 0.0,
+            "coselection": [[round(float(v), 6) for v in row] for row in self.coselect / max(self.tokens, 1)],
+        }
+
+
+def attach_recorders(blocks: dict[int, MoEBlock]) -> dict[int, RoutingRecorder]:
+    recorders = {}
+    for i, block in blocks.items():
+        recorders[i] = block.recorder = RoutingRecorder(block.num_experts)  # type: ignore[assignment]
+    return recorders
+
+
+def detach_recorders(blocks: dict[int, MoEBlock]) -> None:
+    for block in blocks.values():
+        block.recorder = None

@@ -1,0 +1,52 @@
+"""What a router method sees and the module it returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+
+
+class Router(nn.Module):
+    """Scores routed experts: (T, d) → (T, E). Subclasses set ``kind`` and implement ``config``."""
+
+    kind: ClassVar[str]
+
+    def config(self) -> dict[str, Any]:
+        """Constructor keyword arguments (JSON-serialisable) to rebuild an empty router."""
+        raise NotImplementedError
+
+
+@dataclass
+class RouterContext:
+    """One layer's data for building a router (S sampled tokens, n neurons, E experts of m)."""
+
+    x: torch.Tensor  # (S, d) FFN inputs
+    h: torch.Tensor  # (S, n) neuron activations
+    up: torch.Tensor  # (n, d)
+    down: torch.Tensor  # (d, n)
+    gate: torch.Tensor | None  # (n, d)
+    shared: torch.Tensor  # (s,)
+    experts: torch.Tensor  # (E, m)
+    importance: torch.Tensor  # (n,) E[h²]·‖W_down[:, i]‖²
+    num_experts_per_tok: int
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_experts(self) -> int:
+        return self.experts.shape[0]
+
+    def expert_contribution(self) -> torch.Tensor:
+        """(S, E) norm of each routed expert's true output on each sampled token."""
+        out = []
+        for e in range(self.num_experts):
+            idx = self.experts[e]
+            out.append((self.h[:, idx] @ self.down[:, idx].t()).norm(dim=-1))
+        return torch.stack(out, dim=1)
+
+
+class RouterBuilder(Protocol):
+    def __call__(self, ctx: RouterContext) -> Router: ...
