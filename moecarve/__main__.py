@@ -1,0 +1,5 @@
+import sys
+
+from moecarve.cli import main
+
+sys.exit(main())
