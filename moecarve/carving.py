@@ -122,7 +122,11 @@ def carve_model(
             block = build_block(ffn, profile, lp, recipe, i)
             install_block(layer, arch, block)
             outcome.blocks[i] = block
-            outcome.neuron_stats[i] = profile_summary(profile)
+            outcome.neuron_stats[i] = {
+                **profile_summary(profile),
+                "shared": block.shared_neurons.tolist(),
+                "experts": block.expert_neurons.tolist(),
+            }
             block.recorder = recorder = RoutingRecorder(block.num_experts)  # type: ignore[assignment]
         if i < total - 1 or not lp.dense:
             state.hidden = [run_layer(layer, h, c) for h, c in zip(state.hidden, state.calls[i], strict=True)]

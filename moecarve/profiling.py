@@ -70,9 +70,11 @@ class NeuronStats:
         )
 
 
-def profile_summary(profile: LayerProfile) -> dict[str, list[float]]:
+def profile_summary(profile: LayerProfile) -> dict[str, list[float] | int]:
     """Compact per-neuron statistics saved with the checkpoint (dashboards read them)."""
     return {
+        "tokens": profile.num_tokens,
+        "marker_top_k": profile.marker_top_k,
         "rate": np.round(profile.rate, 6).tolist(),
         "importance": np.round(profile.importance, 8).tolist(),
     }
