@@ -29,7 +29,7 @@ from moecarve.profiling import NeuronStats, profile_summary
 from moecarve.progress import CancelFn, ProgressEvent, ProgressFn, never_cancel, no_progress
 from moecarve.recipe import Recipe
 from moecarve.routing_stats import RoutingRecorder
-from moecarve.sequential import capture_inputs, capture_layer_calls, run_layer
+from moecarve.sequential import capture_layer_calls, ffn_taps, run_layer
 from routers.balance import fit_selection_bias
 from routers.base import RouterContext
 
@@ -105,35 +105,54 @@ def carve_model(
     layers = decoder_layers(model, arch)
     state = capture_layer_calls(model, layers, windows)
     outcome = CarveOutcome()
-    activation = arch.activation(model.config.to_dict())
+    config = model.config.to_dict()
+    activation, additive = arch.activation(config), arch.ffn_is_additive(config)
     total = len(layers)
     for i, (layer, lp) in enumerate(zip(layers, the_plan.layers, strict=True)):
         if should_cancel():
             raise CancelledError(f"cancelled before layer {i} of {total}")
         start = time.perf_counter()
-        progress(ProgressEvent("carve", i, total, f"layer {i}: profiling"))
-        if not lp.dense:
-            ffn = extract_ffn(layer, arch, activation)
-            stats = NeuronStats(ffn, recipe.profile.marker_top_k, recipe.profile.sample_tokens, recipe.seed + i)
-            with capture_inputs(submodule(layer, arch.replace), stats.update):
-                for hidden, call in zip(state.hidden, state.calls[i], strict=True):
-                    run_layer(layer, hidden, call)
-            profile = stats.finalize()
-            block = build_block(ffn, profile, lp, recipe, i)
-            install_block(layer, arch, block)
-            outcome.blocks[i] = block
-            outcome.neuron_stats[i] = {
-                **profile_summary(profile),
-                "shared": block.shared_neurons.tolist(),
-                "experts": block.expert_neurons.tolist(),
-            }
-            block.recorder = recorder = RoutingRecorder(block.num_experts)  # type: ignore[assignment]
-        if i < total - 1 or not lp.dense:
-            state.hidden = [run_layer(layer, h, c) for h, c in zip(state.hidden, state.calls[i], strict=True)]
-        if not lp.dense:
-            block.recorder = None
-            outcome.calibration_stats[i] = recorder.summary()
+        progress(ProgressEvent("carve", i, total, f"layer {i}"))
+        calls = state.calls[i]
+        if lp.dense:
+            state.hidden = [run_layer(layer, h, c) for h, c in zip(state.hidden, calls, strict=True)]
+            continue
+        ffn = extract_ffn(layer, arch, activation)
+        stats = NeuronStats(ffn, recipe.profile.marker_top_k, recipe.profile.sample_tokens, recipe.seed + i)
+        ffn_io: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def tap(x: torch.Tensor, h: torch.Tensor, y: torch.Tensor) -> None:
+            stats.update(x, h)
+            if additive:
+                ffn_io.append((x, y))
+
+        with ffn_taps(submodule(layer, arch.replace), submodule(layer, arch.down), tap):
+            dense_out = [run_layer(layer, h, c) for h, c in zip(state.hidden, calls, strict=True)]
+        profile = stats.finalize()
+        block = build_block(ffn, profile, lp, recipe, i)
+        install_block(layer, arch, block)
+        outcome.blocks[i] = block
+        outcome.neuron_stats[i] = {
+            **profile_summary(profile),
+            "shared": block.shared_neurons.tolist(),
+            "experts": block.expert_neurons.tolist(),
+        }
+        outcome.calibration_stats[i] = sample_routing_stats(block, profile)
+        if additive:  # carved output = dense output − dense FFN output + MoE output
+            state.hidden = [o - y + block(x) for o, (x, y) in zip(dense_out, ffn_io, strict=True)]
+        else:
+            state.hidden = [run_layer(layer, h, c) for h, c in zip(state.hidden, calls, strict=True)]
         outcome.layer_seconds[i] = time.perf_counter() - start
         log.debug("layer %d carved in %.1fs", i, outcome.layer_seconds[i])
     progress(ProgressEvent("carve", total, total, "done"))
     return outcome
+
+
+def sample_routing_stats(block: MoEBlock, profile: LayerProfile) -> dict[str, Any]:
+    """Routing statistics of the new block on the profile's uniform sample of calibration tokens."""
+    block.recorder = recorder = RoutingRecorder(block.num_experts)  # type: ignore[assignment]
+    try:
+        block(torch.from_numpy(profile.sample_x).to(block.experts_up.dtype))
+    finally:
+        block.recorder = None
+    return recorder.summary()

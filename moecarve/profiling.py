@@ -32,10 +32,10 @@ class NeuronStats:
         self.generator = torch.Generator().manual_seed(seed)
 
     @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
-        """Add FFN inputs ``x`` (T, d)."""
+    def update(self, x: torch.Tensor, h: torch.Tensor | None = None) -> None:
+        """Add FFN inputs ``x`` (T, d) and, when the caller has them, their activations ``h`` (T, n)."""
         x = x.reshape(-1, x.shape[-1]).float()
-        h = self.ffn.hidden(x, self.act).float()  # (T, n)
+        h = self.ffn.hidden(x, self.act).float() if h is None else h.reshape(x.shape[0], -1).float()
         a = h.abs()
         self.count += x.shape[0]
         self.sum_abs += a.sum(0, dtype=torch.float64)

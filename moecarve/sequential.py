@@ -73,15 +73,30 @@ def run_layer(layer: nn.Module, hidden: torch.Tensor, call: Call) -> torch.Tenso
     return out[0] if isinstance(out, tuple) else out
 
 
+def _first(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+    return args[0] if args else next(iter(kwargs.values()))
+
+
 @contextmanager
-def capture_inputs(module: nn.Module, sink: Callable[[torch.Tensor], None]) -> Iterator[None]:
-    """Call ``sink(x)`` with the first positional input of every ``module`` call."""
+def ffn_taps(
+    entry: nn.Module, down: nn.Module, sink: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+) -> Iterator[None]:
+    """Call ``sink(x, h, y)`` per FFN call: ``x`` enters ``entry`` (the FFN's first module),
+    ``h`` (neuron activations) enters the down projection, ``y`` leaves it."""
+    pending: list[torch.Tensor] = []
 
-    def hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        sink(args[0] if args else next(iter(kwargs.values())))
+    def on_entry(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        pending.append(_first(args, kwargs))
 
-    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    def on_down(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: torch.Tensor) -> None:
+        sink(pending.pop(), _first(args, kwargs), out)
+
+    handles = [
+        entry.register_forward_pre_hook(on_entry, with_kwargs=True),
+        down.register_forward_hook(on_down, with_kwargs=True),
+    ]
     try:
         yield
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()

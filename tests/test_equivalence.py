@@ -61,3 +61,29 @@ def test_layer_by_layer_replay_matches_the_model():
         for i, layer in enumerate(layers[:-1]):
             hidden = [run_layer(layer, h, c) for h, c in zip(hidden, state.calls[i], strict=True)]
             torch.testing.assert_close(torch.cat(hidden), ref[i + 1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text", "bert"])  # additive and non-additive FFNs
+def test_later_layers_are_profiled_on_carved_inputs(family):
+    """Layer 1's statistics come from what the *carved* layer 0 really outputs."""
+    from moecarve.ffn import extract_ffn
+    from moecarve.profiling import NeuronStats
+
+    model, original = tiny_model(family), tiny_model(family)
+    ids = torch.randint(3, 300, (2, 48))
+    config = model.config.to_dict()
+    arch = arch_for(config)
+    recipe = Recipe.parse({"model": "tiny", "moe": "S2A1E8", "calibration": {"max_seq_length": 48}, "profile": {"sample_tokens": 64}})
+    outcome = carve_model(model, arch, plan(recipe, config), recipe, ids)
+    from moecarve.carving import decoder_layers
+
+    ffn1 = extract_ffn(decoder_layers(original, arch)[1], arch, arch.activation(config))
+    stats = NeuronStats(ffn1, sample_tokens=64)
+    handle = outcome.blocks[1].register_forward_pre_hook(lambda _m, args: stats.update(args[0]))
+    with torch.no_grad():
+        for row in ids:
+            model(input_ids=row.unsqueeze(0))
+    handle.remove()
+    expected = stats.finalize().importance
+    got = outcome.neuron_stats[1]["importance"]
+    torch.testing.assert_close(torch.tensor(got), torch.from_numpy(expected).float(), rtol=1e-3, atol=1e-7)
