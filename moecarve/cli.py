@@ -117,6 +117,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fields(_args: argparse.Namespace) -> int:
+    from moecarve.recipe_doc import fields_markdown
+
+    print(fields_markdown())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moecarve", description="Carve dense causal LMs into MoE models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -149,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)
 
+    p = sub.add_parser("fields", help="print the recipe fields as a Markdown table")
+    p.set_defaults(func=cmd_fields)
+
     for name in EXTENSIONS:
         try:
             module = importlib.import_module(name)
@@ -160,8 +170,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_transformers() -> None:
+    """Our own progress bars are enough: silence transformers' per-load bars and notices."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_transformers()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)

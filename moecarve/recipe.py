@@ -173,12 +173,15 @@ class Recipe(_Strict):
 
     model: str = Field(DEFAULT_MODEL, description="Local HF directory, hub id (when online), or the packaged default 'smollm2-135m'.")
     moe: MoeSpec = Field(..., description="Layout: {num_experts, num_experts_per_tok, num_shared_experts}, 'S2A2E16', or {active_fraction}.")
-    overrides: list[LayerOverride] = Field(default_factory=list, description="Per-layer layouts or dense layers.")
-    partition: PartitionSpec = Field(default_factory=PartitionSpec)
-    router: RouterSpec = Field(default_factory=RouterSpec)
-    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
-    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
-    profile: ProfileSpec = Field(default_factory=ProfileSpec)
+    overrides: list[LayerOverride] = Field(
+        default_factory=list,
+        description="Per-layer layouts or dense layers: [{layers: [0, 1], dense: true}, {layers: [5], moe: 'S1A3E8'}].",
+    )
+    partition: PartitionSpec = Field(default_factory=PartitionSpec, description="How neurons are grouped into experts.")
+    router: RouterSpec = Field(default_factory=RouterSpec, description="How routed experts are chosen per token.")
+    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec, description="Text the neurons are profiled on.")
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Held-out perplexity, dense vs carved.")
+    profile: ProfileSpec = Field(default_factory=ProfileSpec, description="Per-neuron statistics collected while carving.")
     seed: int = Field(0, description="Seed of partition and router methods.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Dtype of the saved checkpoint.")
 
