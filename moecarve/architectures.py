@@ -65,7 +65,10 @@ class ArchSpec:
 
 
 def _llama_like(
-    model_type: str, act_key: str = "hidden_act", native: tuple[str, ...] = (), additive: bool = True
+    model_type: str,
+    act_key: str = "hidden_act",
+    native: tuple[str, ...] = (),
+    additive: bool = True,
 ) -> ArchSpec:
     return ArchSpec(
         model_type=model_type,

@@ -29,7 +29,7 @@ from moecarve.profiling import NeuronStats, profile_summary
 from moecarve.progress import CancelFn, ProgressEvent, ProgressFn, never_cancel, no_progress
 from moecarve.recipe import Recipe
 from moecarve.routing_stats import RoutingRecorder
-from moecarve.sequential import capture_layer_calls, ffn_taps, run_layer
+from moecarve.sequential import Call, capture_layer_calls, ffn_taps, run_layer
 from routers.balance import fit_selection_bias
 from routers.base import RouterContext
 
@@ -67,7 +67,9 @@ def build_block(
         seed=seed,
         options=recipe.partition.options,
     )
-    part = clustering.registry.get(recipe.partition.method)(profile, request).validate(ffn.num_neurons, request)
+    part = clustering.registry.get(recipe.partition.method)(profile, request).validate(
+        ffn.num_neurons, request
+    )
     shared = torch.from_numpy(part.shared.astype(np.int64))
     experts = torch.from_numpy(part.experts.astype(np.int64))
     ctx = RouterContext(
@@ -87,7 +89,9 @@ def build_block(
     block = MoEBlock.from_ffn(ffn, shared, experts, lp.num_experts_per_tok, router)
     if recipe.router.balance and lp.num_experts_per_tok < lp.num_experts:
         with torch.no_grad():
-            block.selection_bias.copy_(fit_selection_bias(block.scores(ctx.x), lp.num_experts_per_tok))
+            block.selection_bias.copy_(
+                fit_selection_bias(block.scores(ctx.x), lp.num_experts_per_tok)
+            )
     return block
 
 
@@ -105,32 +109,20 @@ def carve_model(
     layers = decoder_layers(model, arch)
     state = capture_layer_calls(model, layers, windows)
     outcome = CarveOutcome()
-    config = model.config.to_dict()
-    activation, additive = arch.activation(config), arch.ffn_is_additive(config)
     total = len(layers)
     for i, (layer, lp) in enumerate(zip(layers, the_plan.layers, strict=True)):
         if should_cancel():
             raise CancelledError(f"cancelled before layer {i} of {total}")
         start = time.perf_counter()
         progress(ProgressEvent("carve", i, total, f"layer {i}"))
-        calls = state.calls[i]
         if lp.dense:
-            state.hidden = [run_layer(layer, h, c) for h, c in zip(state.hidden, calls, strict=True)]
+            state.hidden = [
+                run_layer(layer, h, c) for h, c in zip(state.hidden, state.calls[i], strict=True)
+            ]
             continue
-        ffn = extract_ffn(layer, arch, activation)
-        stats = NeuronStats(ffn, recipe.profile.marker_top_k, recipe.profile.sample_tokens, recipe.seed + i)
-        ffn_io: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-        def tap(x: torch.Tensor, h: torch.Tensor, y: torch.Tensor) -> None:
-            stats.update(x, h)
-            if additive:
-                ffn_io.append((x, y))
-
-        with ffn_taps(submodule(layer, arch.replace), submodule(layer, arch.down), tap):
-            dense_out = [run_layer(layer, h, c) for h, c in zip(state.hidden, calls, strict=True)]
-        profile = stats.finalize()
-        block = build_block(ffn, profile, lp, recipe, i)
-        install_block(layer, arch, block)
+        block, profile, state.hidden = carve_layer(
+            model, layer, arch, lp, recipe, i, state.hidden, state.calls[i]
+        )
         outcome.blocks[i] = block
         outcome.neuron_stats[i] = {
             **profile_summary(profile),
@@ -138,14 +130,48 @@ def carve_model(
             "experts": block.expert_neurons.tolist(),
         }
         outcome.calibration_stats[i] = sample_routing_stats(block, profile)
-        if additive:  # carved output = dense output − dense FFN output + MoE output
-            state.hidden = [o - y + block(x) for o, (x, y) in zip(dense_out, ffn_io, strict=True)]
-        else:
-            state.hidden = [run_layer(layer, h, c) for h, c in zip(state.hidden, calls, strict=True)]
         outcome.layer_seconds[i] = time.perf_counter() - start
         log.debug("layer %d carved in %.1fs", i, outcome.layer_seconds[i])
     progress(ProgressEvent("carve", total, total, "done"))
     return outcome
+
+
+def carve_layer(
+    model: nn.Module,
+    layer: nn.Module,
+    arch: ArchSpec,
+    lp: LayerPlan,
+    recipe: Recipe,
+    index: int,
+    hidden: list[torch.Tensor],
+    calls: list[Call],
+) -> tuple[MoEBlock, LayerProfile, list[torch.Tensor]]:
+    """Profile one layer on ``hidden``, swap in its MoE block, return the carved layer's outputs."""
+    config = model.config.to_dict()
+    additive = arch.ffn_is_additive(config)
+    ffn = extract_ffn(layer, arch, arch.activation(config))
+    stats = NeuronStats(
+        ffn, recipe.profile.marker_top_k, recipe.profile.sample_tokens, recipe.seed + index
+    )
+    ffn_io: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def tap(x: torch.Tensor, h: torch.Tensor, y: torch.Tensor) -> None:
+        stats.update(x, h)
+        if additive:
+            ffn_io.append((x, y))
+
+    with ffn_taps(submodule(layer, arch.replace), submodule(layer, arch.down), tap):
+        dense_out = [run_layer(layer, h, c) for h, c in zip(hidden, calls, strict=True)]
+    profile = stats.finalize()
+    block = build_block(ffn, profile, lp, recipe, index)
+    install_block(layer, arch, block)
+    if additive:  # carved output = dense output − dense FFN output + MoE output
+        return (
+            block,
+            profile,
+            [o - y + block(x) for o, (x, y) in zip(dense_out, ffn_io, strict=True)],
+        )
+    return block, profile, [run_layer(layer, h, c) for h, c in zip(hidden, calls, strict=True)]
 
 
 def sample_routing_stats(block: MoEBlock, profile: LayerProfile) -> dict[str, Any]:

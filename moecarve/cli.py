@@ -34,7 +34,9 @@ def _tqdm_progress() -> Callable[[Any], None]:
     def progress(event: Any) -> None:
         bar = bars.get(event.stage)
         if bar is None:
-            bar = bars[event.stage] = tqdm(total=event.total, desc=event.stage, unit="step", leave=True)
+            bar = bars[event.stage] = tqdm(
+                total=event.total, desc=event.stage, unit="step", leave=True
+            )
         bar.total = event.total
         bar.n = event.step
         bar.set_postfix_str(event.message, refresh=True)
@@ -65,7 +67,9 @@ def cmd_carve(args: argparse.Namespace) -> int:
     result = carve(recipe, args.out_dir, progress=progress, overwrite=args.overwrite)
     ev = result.evaluation
     print(f"checkpoint: {result.output_dir.resolve()}")
-    print(f"layout: {result.plan.layout} (active FFN {result.plan.active_ffn_fraction:.1%}), carve time {result.carve_seconds:.1f} s")
+    print(
+        f"layout: {result.plan.layout} (active FFN {result.plan.active_ffn_fraction:.1%}), carve time {result.carve_seconds:.1f} s"
+    )
     if "carved" in ev:
         print(
             f"held-out perplexity: dense {ev['dense']['perplexity']:.2f}  carved {ev['carved']['perplexity']:.2f}  "
@@ -83,7 +87,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.preset:
         protocol = PRESETS[args.preset]
     else:
-        protocol = EvalProtocol(name="custom", window=args.window, max_windows=args.windows, path=args.text)
+        protocol = EvalProtocol(
+            name="custom", window=args.window, max_windows=args.windows, path=args.text
+        )
     model = _load_any(args.model_dir)
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     torch.set_grad_enabled(False)
@@ -92,7 +98,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(result)
     else:
-        print(f"perplexity {result['perplexity']:.3f} on {result['tokens']} tokens ({result['windows']} windows)")
+        print(
+            f"perplexity {result['perplexity']:.3f} on {result['tokens']} tokens ({result['windows']} windows)"
+        )
     return 0
 
 
@@ -125,7 +133,9 @@ def cmd_fields(_args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="moecarve", description="Carve dense causal LMs into MoE models.")
+    parser = argparse.ArgumentParser(
+        prog="moecarve", description="Carve dense causal LMs into MoE models."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -183,7 +193,10 @@ def _quiet_transformers() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_transformers()
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         return int(args.func(args) or 0)
     except MoecarveError as e:

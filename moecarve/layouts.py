@@ -15,7 +15,9 @@ def layout_for_fraction(fraction: float | None, d_ff: int | None = None) -> dict
         raise ValueError("active_fraction is required for a budget-first layout")
     units = next((u for u in GRANULARITIES if d_ff is None or d_ff % u == 0), None)
     if units is None:
-        raise ValueError(f"d_ff={d_ff} is not divisible by any of {GRANULARITIES}; give an explicit layout")
+        raise ValueError(
+            f"d_ff={d_ff} is not divisible by any of {GRANULARITIES}; give an explicit layout"
+        )
     active = max(2, min(units, round(fraction * units)))
     shared = active // 2
     k = active - shared

@@ -71,11 +71,19 @@ def carve(
     cal_text = read_text(cal.path, cal.text_column, default="calibration")
     protocol = _eval_protocol(recipe)
     if recipe.evaluation.enabled:
-        read_text(protocol.path, protocol.text_column, default="heldout")  # fail before the model loads
+        read_text(
+            protocol.path, protocol.text_column, default="heldout"
+        )  # fail before the model loads
 
     progress(ProgressEvent("load", 0, 1, f"loading {recipe.model}"))
     model, tokenizer = load_model(recipe.model, "float32")
-    rows = windows(tokenize(tokenizer, cal_text), cal.max_seq_length, cal.num_calibration_samples, cal.shuffle, cal.seed)
+    rows = windows(
+        tokenize(tokenizer, cal_text),
+        cal.max_seq_length,
+        cal.num_calibration_samples,
+        cal.shuffle,
+        cal.seed,
+    )
     progress(ProgressEvent("calibrate", 1, 1, f"{rows.shape[0]} windows × {rows.shape[1]} tokens"))
 
     evaluation: dict[str, Any] = {}

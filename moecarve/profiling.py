@@ -16,7 +16,9 @@ from moecarve.ffn import FFNWeights
 class NeuronStats:
     """Accumulates activation statistics of ``ffn`` over chunks of FFN inputs."""
 
-    def __init__(self, ffn: FFNWeights, marker_top_k: int = 10, sample_tokens: int = 4096, seed: int = 0) -> None:
+    def __init__(
+        self, ffn: FFNWeights, marker_top_k: int = 10, sample_tokens: int = 4096, seed: int = 0
+    ) -> None:
         self.ffn = ffn
         self.act = ffn.act_fn()
         n, d = ffn.num_neurons, ffn.hidden_size

@@ -39,5 +39,7 @@ def fields_markdown() -> str:
     lines = ["| field | type | default | meaning |", "|---|---|---|---|"]
     for path, type_, default, desc in _rows(Recipe):
         desc = desc.replace("|", "\\|")
-        lines.append(f"| `{path}` | `{type_}` | `{default}` | {desc} |".replace("`(see below)`", "—"))
+        lines.append(
+            f"| `{path}` | `{type_}` | `{default}` | {desc} |".replace("`(see below)`", "—")
+        )
     return "\n".join(lines)

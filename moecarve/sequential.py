@@ -9,7 +9,7 @@ recording, and the run stops before the last layer, so capturing costs only the 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,9 @@ class _Stop(Exception):
 @dataclass
 class LayerCalls:
     hidden: list[torch.Tensor]  # per window: (1, L, d) input of the next layer to run
-    calls: list[list[Call]] = field(default_factory=list)  # [layer][window] → (args, kwargs) besides hidden
+    calls: list[list[Call]] = field(
+        default_factory=list
+    )  # [layer][window] → (args, kwargs) besides hidden
 
 
 def _split_hidden(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, Call]:
@@ -37,10 +39,13 @@ def _split_hidden(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.
 
 
 @torch.no_grad()
-def capture_layer_calls(model: nn.Module, layers: nn.ModuleList, windows: torch.Tensor) -> LayerCalls:
+def capture_layer_calls(
+    model: nn.Module, layers: nn.ModuleList, windows: torch.Tensor
+) -> LayerCalls:
     """Record layer inputs for each row of ``windows`` (N, L)."""
     n_layers = len(layers)
     result = LayerCalls(hidden=[], calls=[[] for _ in range(n_layers)])
+
     def stub(i: int) -> Callable[..., torch.Tensor]:
         def forward(*args: Any, **kwargs: Any) -> torch.Tensor:
             hidden, call = _split_hidden(args, kwargs)
@@ -57,10 +62,8 @@ def capture_layer_calls(model: nn.Module, layers: nn.ModuleList, windows: torch.
         for i, layer in enumerate(layers):
             layer.forward = stub(i)
         for row in windows:
-            try:
+            with suppress(_Stop):
                 model(input_ids=row.unsqueeze(0), use_cache=False)
-            except _Stop:
-                pass
     finally:
         for layer in layers:
             layer.__dict__.pop("forward", None)  # back to the class's forward
@@ -79,7 +82,9 @@ def _first(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
 
 @contextmanager
 def ffn_taps(
-    entry: nn.Module, down: nn.Module, sink: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+    entry: nn.Module,
+    down: nn.Module,
+    sink: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None],
 ) -> Iterator[None]:
     """Call ``sink(x, h, y)`` per FFN call: ``x`` enters ``entry`` (the FFN's first module),
     ``h`` (neuron activations) enters the down projection, ``y`` leaves it."""
@@ -88,7 +93,9 @@ def ffn_taps(
     def on_entry(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         pending.append(_first(args, kwargs))
 
-    def on_down(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: torch.Tensor) -> None:
+    def on_down(
+        _m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: torch.Tensor
+    ) -> None:
         sink(pending.pop(), _first(args, kwargs), out)
 
     handles = [

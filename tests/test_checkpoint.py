@@ -26,8 +26,17 @@ def test_save_load_round_trip_gives_identical_logits(family, tiny_dirs, calib_fi
     assert sum(isinstance(m, MoEBlock) for m in loaded.modules()) == 2
     tok = AutoTokenizer.from_pretrained(out)
     assert tok("Emma Woodhouse")["input_ids"]
-    for name in ["config.json", "model.safetensors", "recipe.yaml", "plan.json", "routing_stats.json",
-                 "neuron_stats.json", "evaluation.json", "moecarve.json", "README.md"]:
+    for name in [
+        "config.json",
+        "model.safetensors",
+        "recipe.yaml",
+        "plan.json",
+        "routing_stats.json",
+        "neuron_stats.json",
+        "evaluation.json",
+        "moecarve.json",
+        "README.md",
+    ]:
         assert (out / name).is_file(), name
     stats = json.loads((out / "routing_stats.json").read_text())
     layer0 = stats["calibration"]["0"]
@@ -46,7 +55,11 @@ def test_bfloat16_checkpoint_loads(llama_dir, calib_file, tmp_path):
 
     with safe_open(str(tmp_path / "bf16" / "model.safetensors"), "pt") as f:
         assert f.get_tensor("model.layers.0.mlp.experts_up").dtype == torch.bfloat16
-    assert load_pretrained(tmp_path / "bf16")(input_ids=torch.tensor([[5, 6, 7]])).logits.isfinite().all()
+    assert (
+        load_pretrained(tmp_path / "bf16")(input_ids=torch.tensor([[5, 6, 7]]))
+        .logits.isfinite()
+        .all()
+    )
 
 
 def test_failed_write_leaves_nothing(tmp_path):

@@ -30,7 +30,22 @@ def test_plan_carve_inspect_eval(recipe_file, tmp_path, calib_file, capsys):
     info = json.loads(capsys.readouterr().out)
     assert set(info["layers"]) == {"0", "1"} and info["plan"]["layout"] == "S2A2E8"
 
-    assert main(["eval", str(out), "--text", str(calib_file), "--window", "64", "--windows", "2", "--json"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(out),
+                "--text",
+                str(calib_file),
+                "--window",
+                "64",
+                "--windows",
+                "2",
+                "--json",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     carved = json.loads((out / "evaluation.json").read_text())["carved"]
     assert result["tokens"] == carved["tokens"] == 126

@@ -21,7 +21,14 @@ def test_k_equals_e_reproduces_dense_logits(family, layout):
     ids = torch.randint(3, 300, (3, 48))
     with torch.no_grad():
         dense = model(input_ids=ids).logits
-    recipe = Recipe.parse({"model": "tiny", "moe": layout, "calibration": {"max_seq_length": 48}, "profile": {"sample_tokens": 64}})
+    recipe = Recipe.parse(
+        {
+            "model": "tiny",
+            "moe": layout,
+            "calibration": {"max_seq_length": 48},
+            "profile": {"sample_tokens": 64},
+        }
+    )
     config = model.config.to_dict()
     carve_model(model, arch_for(config), plan(recipe, config), recipe, ids)
     blocks = [m for m in model.modules() if isinstance(m, MoEBlock)]
@@ -38,7 +45,14 @@ def test_k_below_e_changes_logits(family):
     ids = torch.randint(3, 300, (2, 48))
     with torch.no_grad():
         dense = model(input_ids=ids).logits
-    recipe = Recipe.parse({"model": "tiny", "moe": "S2A1E8", "calibration": {"max_seq_length": 48}, "profile": {"sample_tokens": 64}})
+    recipe = Recipe.parse(
+        {
+            "model": "tiny",
+            "moe": "S2A1E8",
+            "calibration": {"max_seq_length": 48},
+            "profile": {"sample_tokens": 64},
+        }
+    )
     config = model.config.to_dict()
     carve_model(model, arch_for(config), plan(recipe, config), recipe, ids)
     with torch.no_grad():
@@ -63,7 +77,9 @@ def test_layer_by_layer_replay_matches_the_model():
             torch.testing.assert_close(torch.cat(hidden), ref[i + 1], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma3_text", "bert"])  # additive and non-additive FFNs
+@pytest.mark.parametrize(
+    "family", ["llama", "gemma3_text", "bert"]
+)  # additive and non-additive FFNs
 def test_later_layers_are_profiled_on_carved_inputs(family):
     """Layer 1's statistics come from what the *carved* layer 0 really outputs."""
     from moecarve.ffn import extract_ffn
@@ -73,7 +89,14 @@ def test_later_layers_are_profiled_on_carved_inputs(family):
     ids = torch.randint(3, 300, (2, 48))
     config = model.config.to_dict()
     arch = arch_for(config)
-    recipe = Recipe.parse({"model": "tiny", "moe": "S2A1E8", "calibration": {"max_seq_length": 48}, "profile": {"sample_tokens": 64}})
+    recipe = Recipe.parse(
+        {
+            "model": "tiny",
+            "moe": "S2A1E8",
+            "calibration": {"max_seq_length": 48},
+            "profile": {"sample_tokens": 64},
+        }
+    )
     outcome = carve_model(model, arch, plan(recipe, config), recipe, ids)
     from moecarve.carving import decoder_layers
 
@@ -86,4 +109,6 @@ def test_later_layers_are_profiled_on_carved_inputs(family):
     handle.remove()
     expected = stats.finalize().importance
     got = outcome.neuron_stats[1]["importance"]
-    torch.testing.assert_close(torch.tensor(got), torch.from_numpy(expected).float(), rtol=1e-3, atol=1e-7)
+    torch.testing.assert_close(
+        torch.tensor(got), torch.from_numpy(expected).float(), rtol=1e-3, atol=1e-7
+    )

@@ -39,7 +39,9 @@ def test_partition_properties(method, layout, seed):
     E, S, m = layout
     n = (E + S) * m
     profile = random_profile(n, seed=seed)
-    request = PartitionRequest(num_shared=S * m, num_experts=E, expert_size=m, num_experts_per_tok=1, seed=seed)
+    request = PartitionRequest(
+        num_shared=S * m, num_experts=E, expert_size=m, num_experts_per_tok=1, seed=seed
+    )
     part = clustering.registry.get(method)(profile, request)
     part.validate(n, request)  # covers every neuron once, equal routed sizes
     flat = np.concatenate([part.shared, part.experts.ravel()])

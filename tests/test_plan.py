@@ -26,7 +26,9 @@ def test_plan_reports_sizes_from_config_alone():
 
 
 def test_dense_override_counts_full_ffn():
-    p = plan(Recipe.parse({"moe": "S2A2E16", "overrides": [{"layers": [0, 29], "dense": True}]}), SMOL)
+    p = plan(
+        Recipe.parse({"moe": "S2A2E16", "overrides": [{"layers": [0, 29], "dense": True}]}), SMOL
+    )
     assert p.layers[0].dense and p.layers[29].dense and not p.layers[1].dense
     assert p.active_ffn_fraction == pytest.approx((2 + 28 * 0.25) / 30)
 
@@ -37,7 +39,9 @@ def test_indivisible_layout_says_which_values_fit():
 
 
 def test_unsupported_architecture_lists_supported():
-    with pytest.raises(UnsupportedArchitectureError, match="supported: bert, gemma3_text, gpt2, llama"):
+    with pytest.raises(
+        UnsupportedArchitectureError, match="supported: bert, gemma3_text, gpt2, llama"
+    ):
         plan(Recipe.parse({"moe": "S1A1E4"}), {"model_type": "mamba", "hidden_size": 8})
 
 
@@ -59,6 +63,10 @@ def test_missing_model_paths_are_clear(tmp_path):
 
 
 def test_gpt2_default_inner_size(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 16, "n_layer": 2, "n_head": 2, "vocab_size": 50}))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {"model_type": "gpt2", "n_embd": 16, "n_layer": 2, "n_head": 2, "vocab_size": 50}
+        )
+    )
     p = plan(Recipe.parse({"model": str(tmp_path), "moe": "S1A1E4"}))
     assert p.intermediate_size == 64 and not p.gated

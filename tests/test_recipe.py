@@ -7,7 +7,11 @@ pytestmark = pytest.mark.unit
 
 
 def test_shorthand_matches_cmoe_notation():
-    assert parse_shorthand("S2A2E16") == {"num_shared_experts": 2, "num_experts_per_tok": 2, "num_experts": 14}
+    assert parse_shorthand("S2A2E16") == {
+        "num_shared_experts": 2,
+        "num_experts_per_tok": 2,
+        "num_experts": 14,
+    }
     r = Recipe.parse({"moe": "S2A2E16"})
     assert (r.moe.num_experts, r.moe.num_experts_per_tok, r.moe.num_shared_experts) == (14, 2, 2)
     assert r.moe.fraction == pytest.approx(0.25)
@@ -15,7 +19,9 @@ def test_shorthand_matches_cmoe_notation():
 
 
 def test_explicit_fields_and_layout_key_agree():
-    a = Recipe.parse({"moe": {"num_experts": 14, "num_experts_per_tok": 2, "num_shared_experts": 2}})
+    a = Recipe.parse(
+        {"moe": {"num_experts": 14, "num_experts_per_tok": 2, "num_shared_experts": 2}}
+    )
     b = Recipe.parse({"moe": {"layout": "S2A2E16"}})
     assert a.moe == b.moe
 
@@ -55,12 +61,22 @@ def test_budget_first_layout_picks_fine_experts_that_divide_d_ff():
 
 
 def test_overrides_select_layers_and_must_be_disjoint():
-    r = Recipe.parse({"moe": "S1A1E4", "overrides": [{"layers": [0], "dense": True}, {"layers": [2], "moe": "S0A2E4"}]})
+    r = Recipe.parse(
+        {
+            "moe": "S1A1E4",
+            "overrides": [{"layers": [0], "dense": True}, {"layers": [2], "moe": "S0A2E4"}],
+        }
+    )
     assert r.layer_moe(0) is None
     assert r.layer_moe(2).num_experts == 4 and r.layer_moe(2).num_shared_experts == 0
     assert r.layer_moe(1).num_experts == 3
     with pytest.raises(RecipeError, match="more than one override"):
-        Recipe.parse({"moe": "S1A1E4", "overrides": [{"layers": [0], "dense": True}, {"layers": [0], "dense": True}]})
+        Recipe.parse(
+            {
+                "moe": "S1A1E4",
+                "overrides": [{"layers": [0], "dense": True}, {"layers": [0], "dense": True}],
+            }
+        )
 
 
 def test_yaml_round_trip(tmp_path):

