@@ -1,5 +1,5 @@
-"""Process failures on the shared service: a worker killed mid-job, an API process killed with
-jobs queued, a graceful stop with a job running (this one stops the shared service: keep it last)."""
+"""Process failures: a worker killed mid-job, the API killed with jobs queued, a graceful stop
+with a job running (this one stops the shared service: keep it last)."""
 
 from __future__ import annotations
 
@@ -44,33 +44,34 @@ def test_worker_killed_mid_job_fails_it_without_artifacts(
     wait_for(lambda: service.worker_pids() not in ([], [worker]), 20, what="a replacement worker")
 
 
-def test_api_restart_mid_queue_loses_no_job(
-    service: Service, service_root: Path, tmp_path: Path
-) -> None:
-    """A second API process on the same job store is killed (SIGKILL) with jobs queued and restarted."""
-    with service.client() as client:
-        blocker = client.submit(deep_recipe(service_root), label="keeps the worker busy")
-        wait_carving(client, blocker["id"])
-
-        api = Service(service.data_dir, [service_root], workers=0).start()
-        with api.client() as api_client:
-            queued = [api_client.submit(small_recipe(service_root, seed=s))["id"] for s in (11, 12)]
-        api.stop(signal.SIGKILL)
-        api.start()  # the same store, a new process
-        try:
-            with api.client() as api_client:
-                still = {j["id"]: j for j in api_client.jobs(status=["queued"])["items"]}
-                assert set(queued) <= set(still)
-                assert all(
-                    still[i]["recipe"]["calibration"]["path"] == str(service_root / "calib.txt")
-                    for i in queued
-                )
-        finally:
-            api.stop()
-
-        client.cancel(blocker["id"])  # free the worker: the queued jobs run
-        for job_id in queued:
-            assert client.wait(job_id, timeout=120)["status"] == "succeeded", service.log_text()
+def test_api_restart_mid_queue_loses_no_job(service_root: Path, tmp_path: Path) -> None:
+    """An API-only server is killed (SIGKILL) with jobs queued and restarted; then ``moecarve
+    worker``, started alone on the same data dir, runs them."""
+    data = tmp_path / "data"
+    api = Service(data, [service_root], workers=0).start()
+    with api.client() as client:
+        queued = [client.submit(small_recipe(service_root, seed=s))["id"] for s in (11, 12)]
+    api.stop(signal.SIGKILL)  # a crash, not a clean shutdown
+    api.start()  # the same store, a new process
+    try:
+        with api.client() as client:
+            still = {j["id"]: j for j in client.jobs(status=["queued"])["items"]}
+            assert set(still) == set(queued)
+            assert all(
+                still[i]["recipe"]["calibration"]["path"] == str(service_root / "calib.txt")
+                for i in queued
+            )
+            worker = Service(data, [service_root], command="worker").start()
+            try:
+                for job_id in queued:
+                    assert client.wait(job_id, timeout=120)["status"] == "succeeded", (
+                        worker.log_text()
+                    )
+                    assert client.artifacts(job_id)
+            finally:
+                assert worker.stop() == 0, worker.log_text()  # SIGTERM: a clean stop
+    finally:
+        api.stop()
 
 
 def test_graceful_stop_requeues_the_running_job(service: Service, service_root: Path) -> None:

@@ -111,6 +111,18 @@ def test_store_requeue_and_stale_heartbeats(tmp_path: Path) -> None:
     assert sorted(store.reap(stale_after=0.0, reason="stale")) == sorted([a, b])
 
 
+def test_store_finds_cancels_overdue_for_the_pool(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    a = _job(store)
+    store.claim("w1")
+    store.request_cancel(a, "o")
+    assert store.overdue_cancels(["w1"], grace=60.0) == []
+    assert store.overdue_cancels(["w1"], grace=0.0) == ["w1"]
+    assert store.overdue_cancels(["w2"], grace=0.0) == []
+    assert store.reap(workers=["w1"], reason="killed") == [a]
+    assert store.get(a).status == "cancelled"  # a job killed while cancelling ends cancelled
+
+
 def test_store_idempotency_keys(tmp_path: Path) -> None:
     store = JobStore(tmp_path / "jobs.sqlite3")
     assert store.reserve_key("o", "k", "h1") is None
