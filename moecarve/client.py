@@ -51,8 +51,8 @@ class ServiceError(MoecarveError):
 
 
 def _describe(detail: Any) -> str:
-    if isinstance(detail, dict):
-        return f"{detail.get('type', 'error')}: {detail.get('message', detail)}"
+    if isinstance(detail, dict):  # {"type", "message"}: the type is ServiceError.type
+        return str(detail.get("message", detail))
     if isinstance(detail, list):  # FastAPI validation errors
         return "; ".join(
             f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg')}" for d in detail
