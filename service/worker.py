@@ -139,13 +139,19 @@ class Worker:
             if job is None:
                 time.sleep(self.settings.poll_interval_s)
                 continue
+            self._busy = True  # until the carve ends, SIGTERM re-queues the job
             try:
+                if self._stopping:  # SIGTERM arrived while claiming
+                    raise WorkerShutdown()
                 self.execute(job)
             except WorkerShutdown:
                 self._requeue(job)
+            finally:
+                self._busy = False
         log.info("worker %s stopped", self.id)
 
     def _requeue(self, job: JobRecord) -> None:
+        self._busy = False  # a second SIGTERM must not interrupt the hand-back
         os.chdir(self.settings.data_dir)
         remove_job_files(self.settings, job.id)
         self.store.close()  # the signal may have interrupted a transaction: start a fresh connection
@@ -176,7 +182,6 @@ class Worker:
         heartbeat = _Heartbeat(store, job.id, self.id, settings.heartbeat_s)
         os.chdir(work)  # relative names (hub ids) never resolve against the server's directory
         status, error, files = "failed", None, None
-        self._busy = True  # from here until the carve ends, SIGTERM re-queues the job
         try:
             log.info("job %s: carving %s (%s)", job.id, recipe.model, job.plan.get("layout"))
             carve(recipe, out, progress=progress, should_cancel=should_cancel)
@@ -191,7 +196,7 @@ class Worker:
             log.exception("job %s failed", job.id)
             error = (type(e).__name__, str(e))
         finally:
-            self._busy = False
+            self._busy = False  # the carve is over: record its outcome whatever arrives now
             os.chdir(settings.data_dir)
             heartbeat.stop()
             logging.getLogger().removeHandler(handler)
