@@ -152,11 +152,12 @@ class JobStore:
         row = self._conn().execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else str(row["status"])
 
-    def list(
+    def jobs(
         self, owner: str, statuses: Sequence[str] = (), limit: int = 50, before: int | None = None
     ) -> list[JobRecord]:
         """``owner``'s jobs, newest first; ``before`` is the ``seq`` cursor of the previous page."""
-        sql, args = "SELECT * FROM jobs WHERE owner = ?", [owner]
+        sql = "SELECT * FROM jobs WHERE owner = ?"
+        args: list[Any] = [owner]
         if statuses:
             sql += f" AND status IN ({','.join('?' * len(statuses))})"
             args += list(statuses)
@@ -331,7 +332,8 @@ class JobStore:
         A job that was being cancelled becomes cancelled; any other one failed with WorkerLost.
         Returns the ids of the reaped jobs (the caller removes their files).
         """
-        clauses, args = [], []
+        clauses: list[str] = []
+        args: list[Any] = []
         if workers:
             clauses.append(f"worker IN ({','.join('?' * len(workers))})")
             args += list(workers)

@@ -99,7 +99,7 @@ async def list_jobs(
 ) -> JobList:
     """The caller's jobs, newest first."""
     statuses = [s.value for s in status_ or []]
-    jobs = store.list(owner, statuses, limit + 1, before=cursor)
+    jobs = store.jobs(owner, statuses, limit + 1, before=cursor)
     page = jobs[:limit]
     more = len(jobs) > limit
     return JobList(
