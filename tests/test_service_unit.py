@@ -18,7 +18,7 @@ pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_service_modules_do_not_import_torch() -> None:
+def test_service_modules_do_not_import_torch(tmp_path: Path) -> None:
     code = (
         "import sys\n"
         "from service.settings import Settings\n"
@@ -32,7 +32,7 @@ def test_service_modules_do_not_import_torch() -> None:
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, "/tmp/moecarve-notorch"],
+        [sys.executable, "-c", code, str(tmp_path)],
         capture_output=True,
         text=True,
         cwd=REPO,
