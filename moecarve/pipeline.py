@@ -103,9 +103,10 @@ def carve(
         heldout_stats = {str(i): r.summary() for i, r in recorders.items()}
         evaluation["ratio"] = evaluation["carved"]["perplexity"] / evaluation["dense"]["perplexity"]
     evaluation["carve_seconds"] = carve_seconds
-    # A short sample's per-token routes for the dashboard's token view (held-out text when there is one).
+    # Per-token routes of a short sample for the dashboard's token view: the end of the first
+    # held-out (else calibration) window, past any title page, with its in-window context.
     sample, source = (rows[0], "calibration") if eval_ids is None else (eval_ids[0], "held-out")
-    token_routes = record_token_routes(model, tokenizer, sample[:DEFAULT_MAX_TOKENS], blocks=outcome.blocks, source=source)
+    token_routes = record_token_routes(model, tokenizer, sample, blocks=outcome.blocks, source=source, keep_last=DEFAULT_MAX_TOKENS)
 
     routing_stats = {
         "layout": the_plan.layout,

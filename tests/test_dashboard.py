@@ -178,6 +178,12 @@ def test_token_routes_match_the_model_and_restore_recorders(checkpoint):
     with torch.no_grad():
         again = record_token_routes(model, tok, torch.tensor(saved["ids"]), source="held-out")
     assert again == saved  # the reloaded checkpoint routes the sample exactly as at carve time
+    with torch.no_grad():
+        tail = record_token_routes(model, tok, torch.tensor(saved["ids"]), keep_last=5)
+    assert tail["ids"] == saved["ids"][-5:] and len(tail["tokens"]) == 5
+    assert tail["layers"] == {
+        k: v[-5:] for k, v in saved["layers"].items()
+    }  # full context, last 5 kept
     assert blocks[0].recorder is sentinel and blocks[1].recorder is None
 
 

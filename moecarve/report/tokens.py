@@ -50,9 +50,11 @@ def record_token_routes(
     *,
     blocks: dict[int, MoEBlock] | None = None,
     source: str = "text",
+    keep_last: int | None = None,
 ) -> dict[str, Any]:
     """Run ``model`` on ``ids`` (T,) in one window and record the routed experts of every token.
 
+    With ``keep_last`` only the last tokens are kept (the earlier ones still serve as context).
     Any recorder already attached to a block is restored afterwards.
     """
     blocks = moe_blocks(model) if blocks is None else blocks
@@ -74,12 +76,13 @@ def record_token_routes(
     finally:
         for i, block in blocks.items():
             block.recorder = saved[i]
-    id_list = [int(t) for t in ids.reshape(-1)]
+    start = 0 if keep_last is None else max(0, ids.numel() - keep_last)
+    id_list = [int(t) for t in ids.reshape(-1)[start:]]
     return {
         "source": source,
         "tokens": token_strings(tokenizer, id_list),
         "ids": id_list,
-        "layers": {str(i): routes[i] for i in sorted(routes)},
+        "layers": {str(i): routes[i][start:] for i in sorted(routes)},
     }
 
 

@@ -86,6 +86,7 @@
     }
     const rect = { type: "rect", xref: "x", yref: "y", x0: -0.5, x1: maxE - 0.5, y0: state.layer - 0.5,
                    y1: state.layer + 0.5, line: { color: "#dc2626", width: 2 } };
+    $("chart-load").style.height = `${Math.max(300, 15 * ys.length + 80)}px`;  // readable rows at 30+ layers
     return plot("chart-load", traces, {
       xaxis: Object.assign({ title: { text: "expert" }, dtick: maxE > 32 ? 4 : 1 }, AXIS),
       yaxis: Object.assign({ title: { text: "layer" }, autorange: "reversed", dtick: ys.length > 32 ? 2 : 1 }, AXIS),
@@ -110,7 +111,7 @@
     ], {
       xaxis: layerAxis(),
       yaxis: Object.assign({ title: { text: "CV, max/mean, count" }, rangemode: "tozero" }, AXIS),
-      yaxis2: { overlaying: "y", side: "right", range: [0, 1.05], title: { text: "entropy" }, showgrid: false },
+      yaxis2: { overlaying: "y", side: "right", range: [0, 1.05], dtick: 0.25, title: { text: "entropy" }, showgrid: false },
       shapes: [vline(state.layer)], margin: { l: 56, r: 48, t: 30, b: 44 },
     });
   }

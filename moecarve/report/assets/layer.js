@@ -60,6 +60,13 @@
                   `expert %{y} at layer ${t.from} → expert %{x} at layer ${t.to}<br>%{z:.1%} of tokens`);
   }
 
+  // Newlines show as ↵; a run of newline-only tokens breaks the line once, after the run.
+  function newlines(text, next) {
+    if (!text.includes("\n")) return text;
+    const shown = text.replace(/\n/g, "↵");
+    return next !== undefined && /^\n+$/.test(next) ? shown : shown + "\n";
+  }
+
   function drawTokens() {
     const box = $("token-text"), legend = $("token-legend");
     const T = D.tokens, routes = T && T.layers[String(state.layer)];
@@ -76,7 +83,7 @@
       counts[top] += 1;
       span.className = "tok";
       span.dataset.index = i;
-      span.textContent = text.includes("\n") ? text.replace(/\n/g, "↵\n") : text;  // newlines stay visible
+      span.textContent = newlines(text, T.tokens[i + 1]);
       span.style.background = color(top, 0.9);
       span.title = `layer ${state.layer}: experts ${routes[i].join(", ")}`;
       return span;
