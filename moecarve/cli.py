@@ -19,7 +19,7 @@ from moecarve.errors import MoecarveError
 
 EXIT_ERROR = 2
 # Other packages add sub-commands through a ``register(subparsers)`` function in these modules.
-EXTENSIONS = ("moecarve.export.cli", "service.cli")
+EXTENSIONS = ("moecarve.export.cli", "service.cli", "moecarve.report.cli")
 
 
 def _print_json(obj: Any) -> None:

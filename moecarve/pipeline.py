@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import time
@@ -22,6 +23,7 @@ from moecarve.evaluate import EvalProtocol, eval_rows, perplexity
 from moecarve.plan import Plan, plan
 from moecarve.progress import CancelFn, ProgressEvent, ProgressFn, never_cancel, no_progress
 from moecarve.recipe import Recipe
+from moecarve.report.tokens import DEFAULT_MAX_TOKENS, TOKEN_ROUTES, record_token_routes
 from moecarve.routing_stats import attach_recorders, detach_recorders
 from moecarve.sources import load_config, load_model
 
@@ -109,6 +111,10 @@ def carve(
         heldout_stats = {str(i): r.summary() for i, r in recorders.items()}
         evaluation["ratio"] = evaluation["carved"]["perplexity"] / evaluation["dense"]["perplexity"]
     evaluation["carve_seconds"] = carve_seconds
+    # Per-token routes of a short sample for the dashboard's token view: the end of the first
+    # held-out (else calibration) window, past any title page, with its in-window context.
+    sample, source = (rows[0], "calibration") if eval_ids is None else (eval_ids[0], "held-out")
+    token_routes = record_token_routes(model, tokenizer, sample, blocks=outcome.blocks, source=source, keep_last=DEFAULT_MAX_TOKENS)
 
     routing_stats = {
         "layout": the_plan.layout,
@@ -123,6 +129,7 @@ def carve(
         "routing_stats.json": routing_stats,
         "neuron_stats.json": {str(i): s for i, s in outcome.neuron_stats.items()},
         "evaluation.json": evaluation,
+        TOKEN_ROUTES: json.dumps(token_routes, separators=(",", ":")) + "\n",  # compact: a list per token
         "moecarve.json": {
             "moecarve_version": __version__,
             "torch_version": torch.__version__,
