@@ -114,7 +114,9 @@ def carve(
     # Per-token routes of a short sample for the dashboard's token view: the end of the first
     # held-out (else calibration) window, past any title page, with its in-window context.
     sample, source = (rows[0], "calibration") if eval_ids is None else (eval_ids[0], "held-out")
-    token_routes = record_token_routes(model, tokenizer, sample, blocks=outcome.blocks, source=source, keep_last=DEFAULT_MAX_TOKENS)
+    token_routes = record_token_routes(
+        model, tokenizer, sample, blocks=outcome.blocks, source=source, keep_last=DEFAULT_MAX_TOKENS
+    )
 
     routing_stats = {
         "layout": the_plan.layout,
@@ -129,7 +131,8 @@ def carve(
         "routing_stats.json": routing_stats,
         "neuron_stats.json": {str(i): s for i, s in outcome.neuron_stats.items()},
         "evaluation.json": evaluation,
-        TOKEN_ROUTES: json.dumps(token_routes, separators=(",", ":")) + "\n",  # compact: a list per token
+        TOKEN_ROUTES: json.dumps(token_routes, separators=(",", ":"))
+        + "\n",  # compact: a list per token
         "moecarve.json": {
             "moecarve_version": __version__,
             "torch_version": torch.__version__,

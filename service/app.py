@@ -5,12 +5,18 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 
 from moecarve import __version__
-from service.routes import artifacts, events, health, jobs
+from service.routes import artifacts, dashboard, events, health, jobs
 from service.settings import Settings
 from service.store import JobStore
 
 # One router per concern; a new concern (e.g. dashboards) is a module and a line here.
-ROUTERS: list[APIRouter] = [health.router, jobs.router, events.router, artifacts.router]
+ROUTERS: list[APIRouter] = [
+    health.router,
+    jobs.router,
+    events.router,
+    artifacts.router,
+    dashboard.router,
+]
 
 DESCRIPTION = """Convert dense causal LMs into Mixture-of-Experts checkpoints as jobs.
 

@@ -16,15 +16,14 @@ import json
 import os
 import shutil
 import tempfile
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from test_dashboard import carve_once
+from test_service_harness import KEY_A, small_recipe
 
-from moecarve.report import plotly_bundle_path, render_dashboard, render_index
+pytest_plugins = ["test_service_harness"]
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = [
@@ -45,7 +44,6 @@ CHARTS = (
     "chart-cosel",
     "chart-trans",
 )
-JOB = "job-0001"
 # Not network: inline data, and the browser's own pages (its start page loads chrome:// resources).
 LOCAL = ("data:", "blob:", "about:", "chrome:", "chrome-untrusted:")
 
@@ -61,44 +59,18 @@ return arguments[0].map((id) => {
 """
 
 
-class _Handler(BaseHTTPRequestHandler):
-    routes: dict[str, tuple[str, bytes]] = {}
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server API
-        found = self.routes.get(self.path)
-        self.send_response(200 if found else 404)
-        body = found[1] if found else b"not found"
-        self.send_header("Content-Type", found[0] if found else "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:  # quiet
-        pass
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, llama_dir) -> Path:
     return carve_once(tmp_path_factory, llama_dir)
 
 
 @pytest.fixture(scope="module")
-def server(checkpoint) -> Iterator[str]:
-    """The service's future routes, on a stdlib server: dashboard, index, local Plotly bundle."""
-    jobs = [{"id": JOB, "status": "succeeded", "recipe": {"model": "tiny-llama", "moe": "S2A2E8"}},
-            {"id": "job-0002", "status": "running", "progress": {"stage": "carve", "fraction": 0.4}}]  # fmt: skip
-    _Handler.routes = {
-        f"/v1/jobs/{JOB}/dashboard": ("text/html; charset=utf-8",
-                                     render_dashboard(checkpoint, plotly_src="/static/plotly.min.js").encode()),
-        "/v1/dashboard": ("text/html; charset=utf-8", render_index(jobs).encode()),
-        "/static/plotly.min.js": ("application/javascript", plotly_bundle_path().read_bytes()),
-    }  # fmt: skip
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+def server(service, service_root) -> Iterator[tuple[str, str]]:
+    """The real job service (uvicorn + worker on 127.0.0.1) with one finished job."""
+    client = service.client(KEY_A)
+    job = client.submit(small_recipe(service_root), label="browser")
+    assert client.wait(job["id"], timeout=300)["status"] == "succeeded"
+    yield service.url, job["id"]
 
 
 def _driver(offline: bool = False):
@@ -173,14 +145,15 @@ def _assert_charts_drawn(driver) -> None:
 
 
 def test_served_dashboard_renders_and_follows_the_layer(server, browser):
+    server, job = server
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
-    browser.get(f"{server}/v1/dashboard")
+    browser.get(f"{server}/v1/dashboard?key={KEY_A}")
     browser.find_element(By.LINK_TEXT, "dashboard").click()  # index → the finished job's dashboard
     _wait_ready(browser)
-    assert browser.current_url == f"{server}/v1/jobs/{JOB}/dashboard"
+    assert browser.current_url == f"{server}/v1/jobs/{job}/dashboard?key={KEY_A}"
     _assert_charts_drawn(browser)
 
     rect = "return document.getElementById('chart-load').layout.shapes[0].y0"
