@@ -21,6 +21,7 @@ import clustering
 import routers
 from clustering.base import LayerProfile, PartitionRequest
 from moecarve.architectures import ArchSpec
+from moecarve.corrections import refit_down
 from moecarve.errors import CancelledError
 from moecarve.ffn import FFNWeights, extract_ffn, set_submodule, submodule
 from moecarve.moe import MoEBlock
@@ -82,6 +83,7 @@ def build_block(
         num_experts_per_tok=lp.num_experts_per_tok,
         seed=seed,
         options=recipe.router.options,
+        activation=ffn.activation,
     )
     router = routers.registry.get(recipe.router.method)(ctx)
     block = MoEBlock.from_ffn(ffn, shared, experts, lp.num_experts_per_tok, router)
@@ -120,16 +122,19 @@ def carve_model(
         ffn = extract_ffn(layer, arch, activation)
         stats = NeuronStats(ffn, recipe.profile.marker_top_k, recipe.profile.sample_tokens, recipe.seed + i)
         ffn_io: list[tuple[torch.Tensor, torch.Tensor]] = []
+        refit = recipe.correction.refit_down
 
         def tap(x: torch.Tensor, h: torch.Tensor, y: torch.Tensor) -> None:
             stats.update(x, h)
-            if additive:
+            if additive or refit:
                 ffn_io.append((x, y))
 
         with ffn_taps(submodule(layer, arch.replace), submodule(layer, arch.down), tap):
             dense_out = [run_layer(layer, h, c) for h, c in zip(state.hidden, calls, strict=True)]
         profile = stats.finalize()
         block = build_block(ffn, profile, lp, recipe, i)
+        if refit and lp.num_experts_per_tok < lp.num_experts:
+            refit_down(block, ffn, [x for x, _ in ffn_io], recipe.correction.ridge)
         install_block(layer, arch, block)
         outcome.blocks[i] = block
         outcome.neuron_stats[i] = {

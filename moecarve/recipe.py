@@ -168,6 +168,17 @@ class ProfileSpec(_Strict):
     )
 
 
+class CorrectionSpec(_Strict):
+    """Cheap closed-form corrections fitted on calibration tokens after routing is fixed."""
+
+    refit_down: bool = Field(
+        False,
+        description="Re-solve shared and expert down projections by ridge least squares so shared + "
+        "selected experts reproduce the dense FFN output on calibration tokens (exportable).",
+    )
+    ridge: float = Field(0.05, ge=0, description="Ridge towards the dense down projection, relative to the mean Gram diagonal.")
+
+
 class Recipe(_Strict):
     """Everything a carve needs; the same object in Python, YAML and HTTP."""
 
@@ -176,6 +187,7 @@ class Recipe(_Strict):
     overrides: list[LayerOverride] = Field(default_factory=list, description="Per-layer layouts or dense layers.")
     partition: PartitionSpec = Field(default_factory=PartitionSpec)
     router: RouterSpec = Field(default_factory=RouterSpec)
+    correction: CorrectionSpec = Field(default_factory=CorrectionSpec)
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     profile: ProfileSpec = Field(default_factory=ProfileSpec)
