@@ -110,14 +110,18 @@ def carve_model(
     config = model.config.to_dict()
     activation, additive = arch.activation(config), arch.ffn_is_additive(config)
     total = len(layers)
+    # refit towards the dense model's residual stream: carry the dense path's hidden states too
+    reference = [h.clone() for h in state.hidden] if _model_target(recipe, additive) else None
     for i, (layer, lp) in enumerate(zip(layers, the_plan.layers, strict=True)):
         if should_cancel():
             raise CancelledError(f"cancelled before layer {i} of {total}")
         start = time.perf_counter()
         progress(ProgressEvent("carve", i, total, f"layer {i}"))
         calls = state.calls[i]
+        reference_out = None if reference is None else [run_layer(layer, h, c) for h, c in zip(reference, calls, strict=True)]
         if lp.dense:
             state.hidden = [run_layer(layer, h, c) for h, c in zip(state.hidden, calls, strict=True)]
+            reference = reference_out
             continue
         ffn = extract_ffn(layer, arch, activation)
         stats = NeuronStats(ffn, recipe.profile.marker_top_k, recipe.profile.sample_tokens, recipe.seed + i)
@@ -134,7 +138,12 @@ def carve_model(
         profile = stats.finalize()
         block = build_block(ffn, profile, lp, recipe, i)
         if refit and lp.num_experts_per_tok < lp.num_experts:
-            refit_down(block, ffn, [x for x, _ in ffn_io], recipe.correction.ridge)
+            targets = None
+            if reference_out is not None:  # FFN output that puts the carved residual on the dense one
+                bias = 0 if ffn.down_bias is None else ffn.down_bias
+                targets = [y - bias + r - o for (_, y), r, o in zip(ffn_io, reference_out, dense_out, strict=True)]
+            refit_down(block, ffn, [x for x, _ in ffn_io], recipe.correction.ridge, targets=targets)
+        reference = reference_out
         install_block(layer, arch, block)
         outcome.blocks[i] = block
         outcome.neuron_stats[i] = {
@@ -151,6 +160,13 @@ def carve_model(
         log.debug("layer %d carved in %.1fs", i, outcome.layer_seconds[i])
     progress(ProgressEvent("carve", total, total, "done"))
     return outcome
+
+
+def _model_target(recipe: Recipe, additive: bool) -> bool:
+    c = recipe.correction
+    if c.refit_down and c.target == "model" and not additive:
+        log.warning("correction.target 'model' needs an additive FFN; refitting to the layer output")
+    return c.refit_down and c.target == "model" and additive
 
 
 def sample_routing_stats(block: MoEBlock, profile: LayerProfile) -> dict[str, Any]:

@@ -45,8 +45,19 @@ def groups(block: MoEBlock) -> list[slice]:
 
 
 @torch.no_grad()
-def refit_down(block: MoEBlock, ffn: FFNWeights, inputs: list[torch.Tensor], ridge: float = 0.05, max_joint: int = 8192) -> dict[str, float]:
-    """Refit ``block``'s down projections in place on FFN ``inputs`` (each (T, d)); returns errors."""
+def refit_down(
+    block: MoEBlock,
+    ffn: FFNWeights,
+    inputs: list[torch.Tensor],
+    ridge: float = 0.05,
+    max_joint: int = 8192,
+    targets: list[torch.Tensor] | None = None,
+) -> None:
+    """Refit ``block``'s down projections in place on FFN ``inputs`` (each (T, d)).
+
+    ``targets`` (each (T, d), without the down bias) default to the dense FFN's output on
+    ``inputs``; the carving loop can pass the dense *model's* residual instead (see ``carving``).
+    """
     order = block_order(block)
     act = ffn.act_fn()
     w0 = ffn.down.double()[:, order]  # (d, n)
@@ -55,17 +66,17 @@ def refit_down(block: MoEBlock, ffn: FFNWeights, inputs: list[torch.Tensor], rid
     gram = torch.zeros(n, n, dtype=torch.float64) if joint else None
     grams = [torch.zeros(g.stop - g.start, g.stop - g.start, dtype=torch.float64) for g in groups(block)]
     cross = torch.zeros(n, w0.shape[0], dtype=torch.float64)
-    for x in inputs:
+    for j, x in enumerate(inputs):
         x = x.reshape(-1, x.shape[-1]).float()
-        h = ffn.hidden(x, act)[:, order].double()  # (T, n)
-        y = h @ w0.T  # (T, d) dense output without bias
-        hm = h * active_mask(block, x).double()
+        h = ffn.hidden(x, act)[:, order]  # (T, n); fp32 products, fp64 sums
+        y = h @ w0.T.float() if targets is None else targets[j].reshape(x.shape).float()  # (T, d)
+        hm = h * active_mask(block, x)
         if joint:
-            gram += hm.T @ hm
+            gram += (hm.T @ hm).double()
         else:
             for g, sl in zip(grams, groups(block)):
-                g += hm[:, sl].T @ hm[:, sl]
-        cross += hm.T @ y
+                g += (hm[:, sl].T @ hm[:, sl]).double()
+        cross += (hm.T @ y).double()
     w = torch.empty_like(w0.T)  # (n, d)
     blocks = [(slice(0, n), gram)] if joint else list(zip(groups(block), grams))
     for sl, g in blocks:
@@ -76,4 +87,3 @@ def refit_down(block: MoEBlock, ffn: FFNWeights, inputs: list[torch.Tensor], rid
     new = w.T.to(block.experts_down.dtype)  # (d, n)
     block.shared_down.copy_(new[:, :s])
     block.experts_down.copy_(new[:, s:].reshape(-1, E, m).permute(1, 0, 2))
-    return {"ridge": ridge, "joint": float(joint)}

@@ -177,6 +177,12 @@ class CorrectionSpec(_Strict):
         "selected experts reproduce the dense FFN output on calibration tokens (exportable).",
     )
     ridge: float = Field(0.05, ge=0, description="Ridge towards the dense down projection, relative to the mean Gram diagonal.")
+    target: Literal["layer", "model"] = Field(
+        "layer",
+        description="What the refit reproduces: 'layer' = the dense FFN's output on the carved inputs; "
+        "'model' = the dense model's residual stream (also absorbs error from earlier carved layers; "
+        "carving runs each layer twice; additive FFNs only).",
+    )
 
 
 class Recipe(_Strict):
