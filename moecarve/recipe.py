@@ -129,10 +129,10 @@ class PartitionSpec(_Strict):
 
 
 class RouterSpec(_Strict):
-    method: str = Field("centroid", description="Router construction method (a name in the routers registry).")
+    method: str = Field("fitted", description="Router construction method (a name in the routers registry).")
     options: dict[str, Any] = Field(default_factory=dict, description="Method-specific options.")
     balance: bool = Field(
-        False, description="Fit a per-expert selection bias on calibration routing so expert load is even."
+        True, description="Fit a per-expert selection bias on calibration routing so expert load is even."
     )
 
     _v = field_validator("method")(classmethod(lambda cls, v: _check_router(v)))
@@ -172,11 +172,11 @@ class CorrectionSpec(_Strict):
     """Cheap closed-form corrections fitted on calibration tokens after routing is fixed."""
 
     refit_down: bool = Field(
-        False,
+        True,
         description="Re-solve shared and expert down projections by ridge least squares so shared + "
         "selected experts reproduce the dense FFN output on calibration tokens (exportable).",
     )
-    ridge: float = Field(0.05, ge=0, description="Ridge towards the dense down projection, relative to the mean Gram diagonal.")
+    ridge: float = Field(0.2, ge=0, description="Ridge towards the dense down projection, relative to the mean Gram diagonal.")
     target: Literal["layer", "model"] = Field(
         "layer",
         description="What the refit reproduces: 'layer' = the dense FFN's output on the carved inputs; "

@@ -11,7 +11,8 @@ The result is a plain linear router with a bias (exportable: the bias folds into
 bias, as only the ranking matters under unit weights).
 
 Options: ``target`` ("gain" | "norm"), ``ridge`` (relative, default 1e-3), ``budget_seconds``
-(default 2.0; 0 = least squares only), ``max_steps`` (default 300), ``lr`` (default 1e-3),
+(default 0 = least squares only: on SmolLM2 layer probes the listwise stage changed held-out
+FFN error by < 0.1 %, so it is opt-in), ``max_steps`` (default 300), ``lr`` (default 1e-3),
 ``holdout`` (default 0.2).
 """
 
@@ -87,7 +88,7 @@ def build(ctx: RouterContext) -> LinearRouter:
     with torch.no_grad():
         router.weight.copy_(w)
         router.bias.copy_(b)
-    budget = float(opts.get("budget_seconds", 2.0))
+    budget = float(opts.get("budget_seconds", 0.0))
     if budget > 0 and ctx.num_experts_per_tok < ctx.num_experts:
         refine(
             router, x, gain, ctx.num_experts_per_tok, budget, int(opts.get("max_steps", 300)),
