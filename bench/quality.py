@@ -51,12 +51,15 @@ def recipe_for(method: str, fraction: float, seed: int) -> dict[str, Any]:
 
 
 def configs(args: argparse.Namespace) -> list[tuple[str, float, int]]:
-    """(method, fraction, seed) in priority order: defaults first, extra seeds last."""
-    out = [(m, f, 0) for m in args.methods for f in args.fractions]
-    out.sort(key=lambda c: (c[0] != "default", -c[1] if c[0] == "default" else c[1]))
-    if "default" in args.methods and 0.25 in args.fractions:
-        out += [("default", 0.25, s) for s in range(1, args.seeds)]
-    return out
+    """(method, fraction, seed) in priority order, so a run cut short still answers the main questions:
+    default and CMoE at each fraction (25 % first), the other baselines, then the extra seeds."""
+    rank = {m: i for i, m in enumerate(["default", "cmoe+representative", "random+fitted", "weight_kmeans+centroid"])}
+    first = [(m, f, 0) for f in args.fractions for m in ("default", "cmoe+representative") if m in args.methods]
+    rest = [(m, f, 0) for m in args.methods for f in args.fractions if (m, f, 0) not in first]
+    rest.sort(key=lambda c: (c[1] != min(args.fractions), rank.get(c[0], 9), c[1]))
+    seeds = [("default", min(args.fractions), s) for s in range(1, args.seeds) if "default" in args.methods]
+    low = [c for c in rest if c[1] == min(args.fractions)]
+    return first + low + seeds + [c for c in rest if c not in low]
 
 
 def table(results: dict[str, Any]) -> str:

@@ -55,11 +55,13 @@ class RouterContext:
         r = self.h @ self.down.t()  # (S, d) dense output without bias
         if self.shared.numel():
             r = r - self.h[:, self.shared] @ self.down[:, self.shared].t()
-        gains = []
-        for e in range(self.num_experts):
-            y = self.expert_outputs(e)
-            gains.append(2 * (r * y).sum(-1) - (y * y).sum(-1))
-        return torch.stack(gains, dim=1)
+        E, m = self.experts.shape
+        he = self.h[:, self.experts]  # (S, E, m)
+        cross = (he * (r @ self.down)[:, self.experts]).sum(-1)  # (S, E) ⟨r, y_e⟩
+        w = self.down[:, self.experts].permute(1, 0, 2)  # (E, d, m)
+        grams = w.transpose(1, 2) @ w  # (E, m, m)
+        sq = ((he.transpose(0, 1) @ grams) * he.transpose(0, 1)).sum(-1).t()  # (S, E) ‖y_e‖²
+        return 2 * cross - sq
 
     def expert_contribution(self) -> torch.Tensor:
         """(S, E) norm of each routed expert's true output on each sampled token."""
