@@ -34,11 +34,19 @@ CMOE_LAYOUT = {0.75: "S3A3E8", 0.5: "S1A3E8", 0.25: "S2A2E16"}
 CMOE_PUBLISHED = {0.75: 54.25, 0.5: 212.7, 0.25: 1141.0}
 DENSE_FULL_PROTOCOL = 29.06
 
+# Baselines run as the peers do: no selection-bias balancing, no down-projection refit.
+_PLAIN = {"correction": {"refit_down": False}}
 METHODS: dict[str, dict[str, Any]] = {
     "default": {},  # Recipe defaults with moe: {active_fraction}
-    "random+fitted": {"partition": {"method": "random"}, "router": {"method": "fitted"}},
-    "weight_kmeans+centroid": {"partition": {"method": "weight_kmeans"}, "router": {"method": "centroid"}},
-    "cmoe+representative": {"partition": {"method": "cmoe"}, "router": {"method": "representative"}},
+    "random+fitted": {"partition": {"method": "random"}, "router": {"method": "fitted", "balance": False}, **_PLAIN},
+    "weight_kmeans+centroid": {
+        "partition": {"method": "weight_kmeans"}, "router": {"method": "centroid", "balance": False}, **_PLAIN,
+    },
+    "cmoe+representative": {
+        "partition": {"method": "cmoe"}, "router": {"method": "representative", "balance": False}, **_PLAIN,
+    },
+    # an ablation of the default: refit towards the dense model's residual stream
+    "default+model-target": {"correction": {"target": "model"}},
 }
 
 
@@ -53,7 +61,7 @@ def recipe_for(method: str, fraction: float, seed: int) -> dict[str, Any]:
 def configs(args: argparse.Namespace) -> list[tuple[str, float, int]]:
     """(method, fraction, seed) in priority order, so a run cut short still answers the main questions:
     default and CMoE at each fraction (25 % first), the other baselines, then the extra seeds."""
-    rank = {m: i for i, m in enumerate(["default", "cmoe+representative", "random+fitted", "weight_kmeans+centroid"])}
+    rank = {m: i for i, m in enumerate(["default", "cmoe+representative", "default+model-target", "random+fitted", "weight_kmeans+centroid"])}
     first = [(m, f, 0) for f in args.fractions for m in ("default", "cmoe+representative") if m in args.methods]
     rest = [(m, f, 0) for m in args.methods for f in args.fractions if (m, f, 0) not in first]
     rest.sort(key=lambda c: (c[1] != min(args.fractions), rank.get(c[0], 9), c[1]))
@@ -89,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fractions", nargs="+", type=float, default=[0.25, 0.5, 0.75])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--seeds", type=int, default=3, help="seeds of the default at 25 %%")
+    ap.add_argument("--configs", nargs="+", help="explicit runs as METHOD@FRACTION#SEED (overrides the grid)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/quality.json"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -104,7 +113,10 @@ def main(argv: list[str] | None = None) -> None:
         bench.add_eval("pydocs", python_docs_text(), args.doc_windows)
         evals.append("pydocs")
     results["dense"] = {name: bench.dense(name) for name in evals}
-    for method, fraction, seed in configs(args):
+    grid = configs(args)
+    if args.configs:
+        grid = [(c.split("@")[0], float(c.split("@")[1].split("#")[0]), int(c.split("#")[1])) for c in args.configs]
+    for method, fraction, seed in grid:
         key = f"{method}@{fraction}#{seed}"
         if key in results["runs"]:
             continue
