@@ -147,13 +147,10 @@ class PartitionSpec(_Strict):
 
 
 class RouterSpec(_Strict):
-    method: str = Field(
-        "centroid", description="Router construction method (a name in the routers registry)."
-    )
+    method: str = Field("fitted", description="Router construction method (a name in the routers registry).")
     options: dict[str, Any] = Field(default_factory=dict, description="Method-specific options.")
     balance: bool = Field(
-        False,
-        description="Fit a per-expert selection bias on calibration routing so expert load is even.",
+        True, description="Fit a per-expert selection bias on calibration routing so expert load is even."
     )
 
     _v = field_validator("method")(classmethod(lambda cls, v: _check_router(v)))
@@ -207,6 +204,23 @@ class ProfileSpec(_Strict):
     )
 
 
+class CorrectionSpec(_Strict):
+    """Cheap closed-form corrections fitted on calibration tokens after routing is fixed."""
+
+    refit_down: bool = Field(
+        True,
+        description="Re-solve shared and expert down projections by ridge least squares so shared + "
+        "selected experts reproduce the dense FFN output on calibration tokens (exportable).",
+    )
+    ridge: float = Field(0.2, ge=0, description="Ridge towards the dense down projection, relative to the mean Gram diagonal.")
+    target: Literal["layer", "model"] = Field(
+        "layer",
+        description="What the refit reproduces: 'layer' = the dense FFN's output on the carved inputs; "
+        "'model' = the dense model's residual stream (also absorbs error from earlier carved layers; "
+        "carving runs each layer twice; additive FFNs only).",
+    )
+
+
 class Recipe(_Strict):
     """Everything a carve needs; the same object in Python, YAML and HTTP."""
 
@@ -227,6 +241,9 @@ class Recipe(_Strict):
     )
     router: RouterSpec = Field(
         default_factory=RouterSpec, description="How routed experts are chosen per token."
+    )
+    correction: CorrectionSpec = Field(
+        default_factory=CorrectionSpec, description="Cheap corrections fitted while carving."
     )
     calibration: CalibrationSpec = Field(
         default_factory=CalibrationSpec, description="Text the neurons are profiled on."

@@ -46,7 +46,7 @@ def test_bad_layouts_name_the_field(moe, fragment):
 def test_unknown_fields_and_methods_are_rejected_with_the_known_names():
     with pytest.raises(RecipeError, match="num_expert: Extra inputs"):
         Recipe.parse({"moe": "S1A1E4", "num_expert": 3})
-    with pytest.raises(RecipeError, match="known: coact"):
+    with pytest.raises(RecipeError, match="known: cmoe, coact"):
         Recipe.parse({"moe": "S1A1E4", "partition": {"method": "nope"}})
     with pytest.raises(RecipeError, match="known: centroid"):
         Recipe.parse({"moe": "S1A1E4", "router": {"method": "nope"}})
@@ -55,9 +55,16 @@ def test_unknown_fields_and_methods_are_rejected_with_the_known_names():
 def test_budget_first_layout_picks_fine_experts_that_divide_d_ff():
     r = Recipe.parse({"moe": {"active_fraction": 0.25}})
     m = r.moe.resolved(1536)
-    assert (m.num_shared_experts + m.num_experts) == 64
+    assert (m.num_shared_experts + m.num_experts) == 128
     assert m.fraction == pytest.approx(0.25)
-    assert r.moe.resolved(96).num_experts + r.moe.resolved(96).num_shared_experts == 32
+    assert m.num_experts_per_tok < m.num_shared_experts  # measured: most of the budget always on
+    assert r.moe.resolved(96).num_experts + r.moe.resolved(96).num_shared_experts == 24  # ≥ 4 neurons each
+    assert r.moe.resolved(28672).num_experts + r.moe.resolved(28672).num_shared_experts == 128
+    for d_ff in (64, 96, 1536, 2048, 5632, 11008, 14336, 28672):
+        for f in (0.1, 0.25, 0.5, 0.75):
+            m = r.moe.model_copy(update={"active_fraction": f}).resolved(d_ff)
+            assert d_ff % (m.num_experts + m.num_shared_experts) == 0
+            assert 1 <= m.num_experts_per_tok <= m.num_experts
 
 
 def test_overrides_select_layers_and_must_be_disjoint():

@@ -7,9 +7,9 @@ from moecarve.registry import Registry
 pytestmark = pytest.mark.unit
 
 # Pinned: changing a built-in name breaks saved recipes; update this list on purpose.
-BUILTIN_PARTITIONS = {"coact", "random"}
-BUILTIN_ROUTERS = {"centroid"}
-BUILTIN_ROUTER_KINDS = {"linear"}
+BUILTIN_PARTITIONS = {"cmoe", "coact", "random", "weight_kmeans"}
+BUILTIN_ROUTERS = {"centroid", "fitted", "representative"}
+BUILTIN_ROUTER_KINDS = {"linear", "representative"}
 
 
 def test_builtin_names_are_pinned():
