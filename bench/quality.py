@@ -86,6 +86,11 @@ def table(results: dict[str, Any]) -> str:
             + (f"{p['perplexity']:.2f} | {p['perplexity'] / dense['pydocs']['perplexity']:.2f} | " if p else "— | — | ")
             + f"{r['carve_seconds']:.0f} | {a['load_cv']:.2f} |"
         )
+    for r in results["runs"].values():
+        if r["method"] == "cmoe+representative" and r["fraction"] in CMOE_PUBLISHED:
+            ours = r["austen"]["perplexity"] / dense["austen"]["perplexity"]
+            theirs = CMOE_PUBLISHED[r["fraction"]] / DENSE_FULL_PROTOCOL
+            lines.append(f"cmoe baseline at {r['fraction']:.0%} ({r['layout']}): ÷ dense {ours:.1f}; CMoE's own code {theirs:.1f} (40 windows)")
     return "\n".join(lines)
 
 
