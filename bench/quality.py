@@ -86,6 +86,11 @@ def table(results: dict[str, Any]) -> str:
             + (f"{p['perplexity']:.2f} | {p['perplexity'] / dense['pydocs']['perplexity']:.2f} | " if p else "— | — | ")
             + f"{r['carve_seconds']:.0f} | {a['load_cv']:.2f} |"
         )
+    for r in results["runs"].values():
+        if r["method"] == "cmoe+representative" and r["fraction"] in CMOE_PUBLISHED:
+            ours = r["austen"]["perplexity"] / dense["austen"]["perplexity"]
+            theirs = CMOE_PUBLISHED[r["fraction"]] / DENSE_FULL_PROTOCOL
+            lines.append(f"cmoe baseline at {r['fraction']:.0%} ({r['layout']}): ÷ dense {ours:.1f}; CMoE's own code {theirs:.1f} (40 windows)")
     return "\n".join(lines)
 
 
@@ -98,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--seeds", type=int, default=3, help="seeds of the default at 25 %%")
     ap.add_argument("--configs", nargs="+", help="explicit runs as METHOD@FRACTION#SEED (overrides the grid)")
+    ap.add_argument("--merge", nargs="+", type=Path, help="only merge these result files into --out and print the table")
     ap.add_argument("--out", type=Path, default=Path("bench/results/quality.json"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -105,6 +111,16 @@ def main(argv: list[str] | None = None) -> None:
 
     results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
     results.setdefault("runs", {})
+    if args.merge:
+        for path in args.merge:
+            part = json.loads(path.read_text())
+            results["runs"].update(part.get("runs", {}))
+            for name, value in part.get("dense", {}).items():
+                results.setdefault("dense", {})[name] = value
+            results.setdefault("protocol", part.get("protocol"))
+        args.out.write_text(json.dumps(results, indent=1))
+        print(table(results))
+        return
     results["protocol"] = {"calibration": "8 x 2048, seed 0", "austen_windows": args.windows, "pydocs_windows": args.doc_windows}
     bench = Bench()
     bench.add_eval("austen", read_text(None, default="heldout"), args.windows)
