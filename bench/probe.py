@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 
+from moecarve.carving import build_block
 from moecarve.corrections import refit_down
 from moecarve.ffn import FFNWeights
+from moecarve.plan import _layer_plan
 from moecarve.profiling import NeuronStats
 from moecarve.recipe import Recipe
-from moecarve.carving import build_block
-from moecarve.plan import _layer_plan
 from routers.balance import load_cv
 
 
