@@ -171,8 +171,15 @@ class MoEBlock(nn.Module):
         return torch.topk(scores + self.selection_bias, k, dim=-1).indices
 
     def routed_output(self, x: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
-        """Sum of the selected experts' outputs, grouped by expert: (T, d), (T, k) → (T, d)."""
+        """Sum of the selected experts' outputs: (T, d), (T, k) → (T, d).
+
+        Few tokens (decoding: T·k ≤ E): gather the k selected experts' weights per token and use
+        batched products. Many tokens (prefill): group tokens by expert and run each group
+        through its expert's slices (fewer, larger products than per-token gathers).
+        """
         T, k = selected.shape
+        if T * k <= self.num_experts:
+            return self._routed_gathered(x, selected)
         flat = selected.reshape(-1)
         order = torch.argsort(flat, stable=True)
         tokens = order // k  # (T·k,) token of each (token, slot) sorted by expert
@@ -186,6 +193,35 @@ class MoEBlock(nn.Module):
             start += c
             out.index_add_(0, idx, self.expert_output(x[idx], e))
         return out
+
+    def expert_weights(self, experts: torch.Tensor) -> tuple[Any, ...]:
+        """The (up, up bias, gate, gate bias, down) slices of ``experts`` (N,), stacked per entry."""
+
+        def pick(w: torch.Tensor | None) -> torch.Tensor | None:
+            return None if w is None else w[experts]
+
+        return (
+            self.experts_up[experts],
+            pick(self.experts_up_bias),
+            pick(self.experts_gate),
+            pick(self.experts_gate_bias),
+            self.experts_down[experts],
+        )
+
+    def _routed_gathered(self, x: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+        T, k = selected.shape
+        up, ub, gate, gb, down = self.expert_weights(selected.reshape(-1))  # (T·k, m, d) …
+        xs = x.repeat_interleave(k, dim=0).unsqueeze(-1)  # (T·k, d, 1)
+        u = torch.bmm(up, xs).squeeze(-1)  # (T·k, m)
+        if ub is not None:
+            u = u + ub
+        if gate is None:
+            h = self.act(u)
+        else:
+            g = torch.bmm(gate, xs).squeeze(-1)
+            h = self.act(g if gb is None else g + gb) * u
+        y = torch.bmm(down, h.unsqueeze(-1)).squeeze(-1)  # (T·k, d)
+        return y.view(T, k, -1).sum(dim=1)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shape = hidden_states.shape

@@ -50,7 +50,7 @@ def test_sparse_compute_equals_masked_reference(gated):
 
 def test_only_selected_experts_are_computed(monkeypatch):
     _, block = make_block(True, k=1)
-    x = torch.randn(5, 16)
+    x = torch.randn(20, 16)  # T·k = 20 > E = 6: tokens grouped by expert
     chosen = set(block.select(block.scores(x)).flatten().tolist())
     seen: list[tuple[int, int]] = []
     original = block.expert_output
@@ -59,7 +59,7 @@ def test_only_selected_experts_are_computed(monkeypatch):
     )
     block(x)
     assert {e for e, _ in seen} == chosen
-    assert sum(t for _, t in seen) == 5  # each token went through exactly k = 1 expert
+    assert sum(t for _, t in seen) == 20  # each token went through exactly k = 1 expert
 
 
 def test_selection_bias_moves_choices():
@@ -84,3 +84,26 @@ def test_no_shared_expert_and_bad_k():
             5,
             LinearRouter(16, 4),
         )
+
+
+@pytest.mark.parametrize("gated", [True, False])
+def test_decode_path_gathers_only_selected_experts(gated, monkeypatch):
+    """T·k ≤ E takes the per-token gather path: same result, only the selected experts' slices."""
+    ffn, block = make_block(gated, k=2)
+    x = torch.randn(3, 16)  # 3 tokens × k=2 = 6 ≤ E = 6
+    selected = block.select(block.scores(x))
+    mask = torch.zeros(3, 6).scatter_(1, selected, 1.0)  # reference only, in the test
+    ref = block.shared_output(x) + torch.einsum("te,ted->td", mask, block.all_expert_outputs(x))
+    gathered: list[torch.Tensor] = []
+    original = block.expert_weights
+    monkeypatch.setattr(block, "expert_weights", lambda e: gathered.append(e.clone()) or original(e))
+    monkeypatch.setattr(block, "expert_output", lambda *_: pytest.fail("grouped path used for 3 tokens"))
+    out = block(x)
+    assert len(gathered) == 1 and torch.equal(gathered[0], selected.reshape(-1))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_decode_path_with_k_equals_e_is_the_dense_ffn():
+    ffn, block = make_block(True, k=6)
+    x = torch.randn(1, 16)  # 1 × 6 ≤ 6: gather path
+    torch.testing.assert_close(block(x), ffn.output(x), rtol=1e-5, atol=1e-5)
