@@ -102,6 +102,7 @@ def test_glm4_moe_carries_the_selection_bias(carved, tmp_path):
     assert max_diff(stock(tmp_path / "glm4"), ref) < TOL
     meta = json.loads((tmp_path / "glm4" / "export.json").read_text())
     assert meta["fidelity"]["selection_diff_fraction"] < 0.02
+    assert meta["fidelity"]["isolated_selection_diff_fraction"] < 0.02
     with pytest.raises(UnsupportedExportError, match="router.balance"):
         export(ckpt, "qwen2_moe", tmp_path / "qwen2")
     assert not (tmp_path / "qwen2").exists()
@@ -182,7 +183,7 @@ def test_glm4_moe_files_on_disk(carved, tmp_path):
     assert card.startswith("---\nbase_model:") and "library_name: transformers" in card and "from_pretrained" in card
     meta = json.loads((out / "export.json").read_text())
     fid = meta["fidelity"]
-    for key in ("max_abs_logit_diff", "mean_abs_logit_diff", "selection_diff_fraction", "tokens_with_selection_diff",
+    for key in ("max_abs_logit_diff", "mean_abs_logit_diff", "selection_diff_fraction", "tokens_with_selection_diff", "isolated_selection_diff_fraction",
                 "perplexity_reference", "perplexity_export"):
         assert isinstance(fid[key], float), key
     assert f"{fid['max_abs_logit_diff']:.3g}" in card and f"{fid['perplexity_export']:.3f}" in card

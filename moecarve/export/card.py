@@ -74,7 +74,7 @@ expert contributes with weight 1. This directory holds it in a native transforme
 | active FFN fraction | {_num(active, ".1%")} |
 | unit-weight recipe | {_temperature(conv)} |
 | max / mean abs logit diff vs reference | {_num(fid.get("max_abs_logit_diff"), ".3g")} / {_num(fid.get("mean_abs_logit_diff"), ".3g")} |
-| selected experts differ | {_num(fid.get("selection_diff_fraction"), ".3%")} of routing decisions, {_num(fid.get("tokens_with_selection_diff"), ".2%")} of tokens |
+| selected experts differ | {_num(fid.get("selection_diff_fraction"), ".3%")} of routing decisions, {_num(fid.get("tokens_with_selection_diff"), ".2%")} of tokens; {_num(fid.get("isolated_selection_diff_fraction"), ".3%")} when each router gets the reference's own layer input |
 | held-out perplexity, reference → export | {_num(fid.get("perplexity_reference"), ".3f")} → {_num(fid.get("perplexity_export"), ".3f")} ({fid.get("windows", 0)} × {fid.get("window", 0)} tokens) |
 | load time, stock transformers (fp32, CPU) | {_num(meta.get("load_seconds"), ".1f")} s |
 

@@ -39,7 +39,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(
             f"loads with {result.metadata['loads_with']} in {result.metadata['load_seconds']:.1f} s; vs reference on "
             f"{fid['windows']}×{fid['window']} held-out tokens: max |Δlogit| {fid['max_abs_logit_diff']:.3g}, "
-            f"mean {fid['mean_abs_logit_diff']:.3g}, selections differ {fid['selection_diff_fraction']:.3%}, "
+            f"mean {fid['mean_abs_logit_diff']:.3g}, selections differ {fid['selection_diff_fraction']:.3%} "
+            f"({fid.get('isolated_selection_diff_fraction', float('nan')):.3%} on the reference's own layer inputs), "
             f"perplexity {fid['perplexity_reference']:.3f} → {fid['perplexity_export']:.3f}"
         )
     return 0

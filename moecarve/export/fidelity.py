@@ -4,6 +4,11 @@ Per window, both models score the same tokens; the report gives max / mean |Δ l
 the greedy next token agrees, the fraction of (token, layer) routing decisions and of tokens whose
 selected experts differ, and the perplexity of both. Selections are read where each model makes
 them: the reference MoE block's recorder and the native router's ``topk_indices`` output.
+
+Routing differences compound: one swapped expert perturbs every later layer's input, and top-k over
+many fine experts has near-ties that any perturbation flips. So the report also gives the
+*isolated* rate — each native router fed the reference model's own layer inputs — which measures
+the export's conversion alone (τ-flattening ties), apart from the carved model's sensitivity.
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ class _Selections:
 
     def __init__(self) -> None:
         self.by_layer: dict[int, torch.Tensor] = {}
+        self.inputs: dict[int, torch.Tensor] = {}  # reference only: each MoE layer's input (T, d)
 
     def reference_recorder(self, layer: int) -> Any:
         def record(block: MoEBlock, x: torch.Tensor, scores: torch.Tensor, selected: torch.Tensor) -> None:
             self.by_layer[layer] = selected.sort(dim=-1).values
+            self.inputs[layer] = x
 
         return record
 
@@ -55,10 +62,11 @@ def fidelity_report(
     ref_sel, exp_sel = _Selections(), _Selections()
     for i, block in reference_blocks.items():
         block.recorder = ref_sel.reference_recorder(i)
-    handles = [r.register_forward_hook(exp_sel.router_hook(i)) for i, r in native_routers(exported, list(reference_blocks)).items()]
+    routers = native_routers(exported, list(reference_blocks))
+    handles = [r.register_forward_hook(exp_sel.router_hook(i)) for i, r in routers.items()]
     max_abs, sum_abs, n_logits = 0.0, 0.0, 0
     nll_ref, nll_exp, agree, tokens = 0.0, 0.0, 0, 0
-    decisions, decision_diff, token_diff = 0, 0, 0
+    decisions, decision_diff, token_diff, isolated_diff = 0, 0, 0, 0
     try:
         for w, row in enumerate(rows):
             progress(ProgressEvent(stage, w, len(rows), f"window {w + 1}/{len(rows)}"))
@@ -80,6 +88,10 @@ def fidelity_report(
                 decision_diff += int(d.sum())
                 differs |= d
             token_diff += int(differs.sum())
+            for i, router in routers.items():  # the same layer input for both: conversion error only
+                x = ref_sel.inputs[i]
+                router(x.unsqueeze(0).to(next(router.parameters()).dtype))
+                isolated_diff += int((ref_sel.by_layer[i] != exp_sel.by_layer[i]).any(dim=-1).sum())
     finally:
         for block in reference_blocks.values():
             block.recorder = None
@@ -96,6 +108,7 @@ def fidelity_report(
         "argmax_agreement": agree / max(tokens, 1),
         "selection_diff_fraction": decision_diff / max(decisions, 1),  # of (token, MoE layer) decisions
         "tokens_with_selection_diff": token_diff / max(tokens, 1),  # tokens differing in any layer
+        "isolated_selection_diff_fraction": isolated_diff / max(decisions, 1),  # same inputs, router alone
         "perplexity_reference": math.exp(nll_ref / max(predicted, 1)),
         "perplexity_export": math.exp(nll_exp / max(predicted, 1)),
     }
