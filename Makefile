@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(PY) -m moecarve carve recipes/smollm2-s2a2e16.yaml runs/smollm2-s2a2e16 --overwrite
+	$(PY) -m moecarve carve recipes/smollm2-25.yaml runs/smollm2-25 --overwrite
 
 # Headless Chromium for the dashboard browser tests (Debian packages; needs root or sudo).
 browser:

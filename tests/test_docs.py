@@ -20,7 +20,7 @@ def test_readme_commands_match_makefile_and_ci():
     assert "make run" in readme and "make test" in readme
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     makefile = (ROOT / "Makefile").read_text()
-    assert "recipes/smollm2-s2a2e16.yaml" in makefile
+    assert "recipes/smollm2-25.yaml" in makefile
 
 
 def test_shipped_recipes_parse():
