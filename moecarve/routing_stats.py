@@ -4,7 +4,7 @@ Per layer: expert load (share of routed slots), load coefficient of variation, m
 entropy, mean router entropy, relative FFN reconstruction error vs the dense FFN (all neurons),
 recall of dense activation mass (Σ|h_i|·‖W_down[:, i]‖ over active neurons ÷ over all neurons),
 the shares of output norm carried by the shared and routed parts, and expert co-selection counts.
-The dense reference is recomputed expert by expert here: this is diagnostics, not the compute path.
+The dense reference (every neuron) is recomputed here in one pass: diagnostics, not the compute path.
 """
 
 from __future__ import annotations
@@ -44,25 +44,18 @@ class RoutingRecorder:
         logp = torch.log_softmax(scores.double(), dim=-1)
         self.router_entropy += float(-(logp.exp() * logp).sum())
 
-        shared = block.shared_output(x).double()
-        dense, moe = shared.clone(), shared.clone()
-        mass_all = torch.zeros(T, dtype=torch.float64)
-        mass_sel = torch.zeros(T, dtype=torch.float64)
-        if block.shared_size:
-            h = block._hidden(
-                x, block.shared_up, block.shared_up_bias, block.shared_gate, block.shared_gate_bias
-            )
-            m = (h.abs() * block.shared_down.norm(dim=0)).sum(1).double()
-            mass_all += m
-            mass_sel += m
-        for e in range(E):
-            h = block.expert_hidden(x, e)
-            out = (h @ block.experts_down[e].t()).double()
-            dense += out
-            moe += out * onehot[:, e : e + 1]
-            m = (h.abs() * block.experts_down[e].norm(dim=0)).sum(1).double()
-            mass_all += m
-            mass_sel += m * onehot[:, e]
+        # every neuron's activation at once (block order: shared, then experts): diagnostics only
+        up, ub, gate, gb, down = _all_neurons(block)
+        h = block._hidden(x, up, ub, gate, gb)  # (T, n)
+        s = block.shared_size
+        mask = torch.cat([torch.ones(T, s), onehot.float().repeat_interleave(block.expert_size, dim=1)], dim=1)
+        bias = 0.0 if block.down_bias is None else block.down_bias.double()
+        dense = (h @ down.t()).double() + bias
+        moe = ((h * mask) @ down.t()).double() + bias
+        shared = (h[:, :s] @ down[:, :s].t()).double() + bias
+        mass = (h.abs() * down.norm(dim=0)).double()  # (T, n)
+        mass_all = mass.sum(1)
+        mass_sel = (mass * mask).sum(1)
         self.err_sq += float(((moe - dense) ** 2).sum())
         self.dense_sq += float((dense**2).sum())
         self.mass_active += float(mass_sel.sum())
@@ -93,6 +86,24 @@ class RoutingRecorder:
                 [round(float(v), 6) for v in row] for row in self.coselect / max(self.tokens, 1)
             ],
         }
+
+
+def _all_neurons(block: MoEBlock) -> tuple[Any, ...]:
+    """Shared and routed weights concatenated in block order: (n, d) up / gate, (d, n) down."""
+
+    def cat(shared: torch.Tensor | None, experts: torch.Tensor | None) -> torch.Tensor | None:
+        if shared is None or experts is None:
+            return None
+        return torch.cat([shared, experts.reshape(-1, *experts.shape[2:])]).float()
+
+    down = torch.cat([block.shared_down, block.experts_down.permute(1, 0, 2).reshape(block.hidden_size, -1)], dim=1)
+    return (
+        cat(block.shared_up, block.experts_up),
+        cat(block.shared_up_bias, block.experts_up_bias),
+        cat(block.shared_gate, block.experts_gate),
+        cat(block.shared_gate_bias, block.experts_gate_bias),
+        down.float(),
+    )
 
 
 def attach_recorders(blocks: dict[int, MoEBlock]) -> dict[int, RoutingRecorder]:
