@@ -78,7 +78,7 @@ def table(results: dict[str, Any]) -> str:
         "| method | active | layout | seed | austen PPL | ÷ dense | pydocs PPL | ÷ dense | carve s | load CV |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for key, r in results["runs"].items():
+    for r in results["runs"].values():
         a, p = r["austen"], r.get("pydocs")
         lines.append(
             f"| {r['method']} | {r['fraction']:.0%} | {r['layout']} | {r['seed']} | {a['perplexity']:.2f} | "
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1))
         print(f"{key}: {json.dumps({k: v for k, v in run.items() if k != 'recipe'})}", flush=True)
-    for key, r in results["runs"].items():
+    for r in results["runs"].values():
         if r["method"] == "cmoe+representative" and r["fraction"] in CMOE_PUBLISHED:
             r["cmoe_code_ppl_full_protocol"] = CMOE_PUBLISHED[r["fraction"]]
     args.out.write_text(json.dumps(results, indent=1))

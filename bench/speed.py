@@ -74,8 +74,8 @@ def main() -> None:
                 fn(dense), fn(carved)  # warm-up
                 d, c = [], []
                 for _ in range(args.repeats):  # interleaved, so drift hits both alike
-                    d += _time(lambda: fn(dense), 1)
-                    c += _time(lambda: fn(carved), 1)
+                    d += _time(lambda fn=fn: fn(dense), 1)
+                    c += _time(lambda fn=fn, carved=carved: fn(carved), 1)
                 dm, cm = statistics.median(d), statistics.median(c)
                 rows.append({"layout": layout, "workload": name, "dense_s": dm, "carved_s": cm, "speedup": dm / cm})
     print(f"{'layout':10} {'workload':14} {'dense s':>9} {'carved s':>9} {'speedup':>8}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,12 +128,7 @@ def carve_model(
         stats = NeuronStats(ffn, recipe.profile.marker_top_k, recipe.profile.sample_tokens, recipe.seed + i)
         ffn_io: list[tuple[torch.Tensor, torch.Tensor]] = []
         refit = recipe.correction.refit_down
-
-        def tap(x: torch.Tensor, h: torch.Tensor, y: torch.Tensor) -> None:
-            stats.update(x, h)
-            if additive or refit:
-                ffn_io.append((x, y))
-
+        tap = _profile_tap(stats, ffn_io if additive or refit else None)
         with ffn_taps(submodule(layer, arch.replace), submodule(layer, arch.down), tap):
             dense_out = [run_layer(layer, h, c) for h, c in zip(state.hidden, calls, strict=True)]
         profile = stats.finalize()
@@ -160,6 +156,19 @@ def carve_model(
         log.debug("layer %d carved in %.1fs", i, outcome.layer_seconds[i])
     progress(ProgressEvent("carve", total, total, "done"))
     return outcome
+
+
+def _profile_tap(
+    stats: NeuronStats, ffn_io: list[tuple[torch.Tensor, torch.Tensor]] | None
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]:
+    """FFN tap: stream (x, h) into ``stats``; keep (x, y) pairs in ``ffn_io`` when given."""
+
+    def tap(x: torch.Tensor, h: torch.Tensor, y: torch.Tensor) -> None:
+        stats.update(x, h)
+        if ffn_io is not None:
+            ffn_io.append((x, y))
+
+    return tap
 
 
 def _model_target(recipe: Recipe, additive: bool) -> bool:

@@ -74,11 +74,11 @@ def refit_down(
         if joint:
             gram += (hm.T @ hm).double()
         else:
-            for g, sl in zip(grams, groups(block)):
+            for g, sl in zip(grams, groups(block), strict=True):
                 g += (hm[:, sl].T @ hm[:, sl]).double()
         cross += (hm.T @ y).double()
     w = torch.empty_like(w0.T)  # (n, d)
-    blocks = [(slice(0, n), gram)] if joint else list(zip(groups(block), grams))
+    blocks = [(slice(0, n), gram)] if joint else list(zip(groups(block), grams, strict=True))
     for sl, g in blocks:
         lam = ridge * g.diagonal().mean().clamp_min(1e-12)
         eye = torch.eye(g.shape[0], dtype=g.dtype)

@@ -1,8 +1,8 @@
 import pytest
 import torch
+from test_moe_block import make_block
 
 from moecarve.routing_stats import RoutingRecorder
-from test_moe_block import make_block
 
 pytestmark = pytest.mark.unit
 
