@@ -75,7 +75,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         _llama_like("llama", native=("glm4_moe", "qwen2_moe")),
         _llama_like("mistral", native=("glm4_moe", "qwen2_moe")),
         _llama_like("qwen2", native=("glm4_moe", "qwen2_moe")),
-        _llama_like("qwen3", native=("glm4_moe", "qwen2_moe")),
+        _llama_like("qwen3", native=("glm4_moe",)),  # Qwen2MoeAttention has no q/k norm
         _llama_like("gemma3_text", act_key="hidden_activation"),
         ArchSpec(
             model_type="phi3",

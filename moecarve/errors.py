@@ -18,6 +18,10 @@ class UnsupportedArchitectureError(RecipeError):
     """The model's ``model_type`` has no architecture entry."""
 
 
+class UnsupportedExportError(RecipeError):
+    """The model or carve cannot be held exactly by the requested native MoE class."""
+
+
 class ModelSourceError(MoecarveError):
     """The model could not be found or loaded from the given source."""
 
