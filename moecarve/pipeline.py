@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ class CarveResult:
     routing_stats: dict[str, Any]
     carve_seconds: float
     model: Any
+    exports: dict[str, Any] = field(default_factory=dict)  # format → export metadata (fidelity report)
 
 
 def _eval_protocol(recipe: Recipe) -> EvalProtocol:
@@ -129,7 +130,26 @@ def carve(
     }
     save_checkpoint(model, tokenizer, outcome.blocks, out, side, recipe.dtype, overwrite)
     progress(ProgressEvent("export", 1, 1, "done"))
-    return CarveResult(out, the_plan, evaluation, routing_stats, carve_seconds, model)
+    exports = _native_exports(recipe, out, protocol, progress, should_cancel)
+    return CarveResult(out, the_plan, evaluation, routing_stats, carve_seconds, model, exports)
+
+
+def _native_exports(
+    recipe: Recipe, out: Path, protocol: EvalProtocol, progress: ProgressFn, should_cancel: CancelFn
+) -> dict[str, Any]:
+    """Native formats the recipe asks for, each in OUT_DIR/exports/<format>/ (plan checked them)."""
+    from moecarve.export import export
+
+    done = {}
+    for fmt in recipe.export.formats:
+        if should_cancel():
+            raise CancelledError(f"cancelled before the {fmt} export (the reference checkpoint is complete)")
+        spec = recipe.export
+        result = export(
+            out, fmt, out / "exports" / fmt, score_scale=spec.score_scale, tau=spec.tau, protocol=protocol, progress=progress
+        )
+        done[fmt] = result.metadata
+    return done
 
 
 def _transformers_version() -> str:

@@ -118,6 +118,10 @@ def plan(recipe: Recipe, config: dict[str, Any] | None = None) -> Plan:
             raise RecipeError(f"{name}: window {spec} exceeds the model's max_position_embeddings={max_pos}")
 
     layers = [_layer_plan(recipe, i, d_ff) for i in range(n_layers)]
+    if recipe.export.formats:
+        from moecarve.export.checks import check_exports
+
+        check_exports(recipe, config, layers)
     per_neuron = (3 if arch.gated else 2) * hidden
     ffn_params = n_layers * d_ff * per_neuron
     active_ffn = sum(lp.active_neurons for lp in layers) * per_neuron

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from moecarve.errors import RecipeError
+from moecarve.export.base import DEFAULT_SCORE_SCALE
 
 DEFAULT_MODEL = "smollm2-135m"
 _SHORTHAND = re.compile(r"^S(\d+)A(\d+)E(\d+)$")
@@ -168,6 +169,48 @@ class ProfileSpec(_Strict):
     )
 
 
+def _check_export_format(name: str) -> str:
+    from moecarve.export import targets
+
+    if name == "reference":
+        raise ValueError("the reference checkpoint is always written; list native formats here")
+    return targets.check(name)
+
+
+class ExportSpec(_Strict):
+    """Native MoE exports written after the reference checkpoint (each with a fidelity report)."""
+
+    formats: list[str] = Field(
+        default_factory=list,
+        description="Native formats ('glm4_moe', 'qwen2_moe'), each written to OUT_DIR/exports/<format>/; "
+        "plan refuses models or layouts a format cannot hold exactly.",
+    )
+    score_scale: float = Field(
+        DEFAULT_SCORE_SCALE,
+        gt=0,
+        le=1,
+        description="Unit-weight recipe (DESIGN.md §4): per layer, the router is multiplied by a power of two τ "
+        "so that the flattened scores τ·s have this standard deviation on calibration text.",
+    )
+    tau: float | None = Field(None, gt=0, le=1, description="One fixed τ for every layer instead of score_scale.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"formats": [data]}
+        return {"formats": data} if isinstance(data, list) else data
+
+    @field_validator("formats")
+    @classmethod
+    def _known_unique(cls, v: list[str]) -> list[str]:
+        for name in v:
+            _check_export_format(name)
+        if len(set(v)) != len(v):
+            raise ValueError(f"formats repeat: {v}")
+        return v
+
+
 class Recipe(_Strict):
     """Everything a carve needs; the same object in Python, YAML and HTTP."""
 
@@ -181,6 +224,9 @@ class Recipe(_Strict):
     profile: ProfileSpec = Field(default_factory=ProfileSpec)
     seed: int = Field(0, description="Seed of partition and router methods.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Dtype of the saved checkpoint.")
+    export: ExportSpec = Field(
+        default_factory=ExportSpec, description="Native exports: {formats: [glm4_moe, qwen2_moe], score_scale}, or a format name."
+    )
 
     @model_validator(mode="after")
     def _overrides_disjoint(self) -> Recipe:
