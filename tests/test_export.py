@@ -22,7 +22,7 @@ from moecarve.export import export
 
 pytestmark = pytest.mark.integration
 
-TOL = 2e-3  # max |Δ logit| vs the reference (and vs dense when k = E), fp32, default τ
+TOL = 2e-4  # max |Δ logit| vs the reference (and vs dense when k = E), fp32, default score_scale; measured ≤ 6.1e-5
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3"]
 PAIRS = [(f, fmt) for f in FAMILIES for fmt in ("glm4_moe", "qwen2_moe") if (f, fmt) != ("qwen3", "qwen2_moe")]
 _CARVED: dict[tuple, Path] = {}
