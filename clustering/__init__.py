@@ -8,7 +8,9 @@ from clustering.base import LayerProfile, Partition, PartitionFn, PartitionReque
 from moecarve.registry import Registry
 
 registry: Registry[PartitionFn] = Registry("partition method")
+registry.register("cmoe", "clustering.cmoe:partition")
 registry.register("coact", "clustering.coact:partition")
 registry.register("random", "clustering.random_split:partition")
+registry.register("weight_kmeans", "clustering.weight_kmeans:partition")
 
 __all__ = ["LayerProfile", "Partition", "PartitionFn", "PartitionRequest", "registry"]

@@ -33,7 +33,11 @@ def balanced_assign(cost: np.ndarray, capacity: int, iters: int = 200) -> np.nda
         step *= 0.97
     adjusted = cost + prices
     prefs = np.argsort(adjusted, axis=1, kind="stable")
-    best = np.take_along_axis(adjusted, prefs[:, :2], axis=1) if E > 1 else adjusted[:, :1].repeat(2, 1)
+    best = (
+        np.take_along_axis(adjusted, prefs[:, :2], axis=1)
+        if E > 1
+        else adjusted[:, :1].repeat(2, 1)
+    )
     regret = best[:, 1] - best[:, 0]
     room = np.full(E, capacity)
     out = np.empty(n, dtype=np.int64)
@@ -46,6 +50,8 @@ def balanced_assign(cost: np.ndarray, capacity: int, iters: int = 200) -> np.nda
     return out
 
 
-def groups_from_assignment(items: np.ndarray, assignment: np.ndarray, num_groups: int) -> np.ndarray:
+def groups_from_assignment(
+    items: np.ndarray, assignment: np.ndarray, num_groups: int
+) -> np.ndarray:
     """(E, m) sorted item indices per group from a balanced assignment."""
     return np.stack([np.sort(items[assignment == e]) for e in range(num_groups)])

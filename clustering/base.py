@@ -59,7 +59,9 @@ class Partition:
         if request is not None:
             want = (request.num_experts, request.expert_size)
             if self.experts.shape != want or self.shared.size != request.num_shared:
-                raise ValueError(f"partition shapes {self.experts.shape}/{self.shared.size} != {want}/{request.num_shared}")
+                raise ValueError(
+                    f"partition shapes {self.experts.shape}/{self.shared.size} != {want}/{request.num_shared}"
+                )
         return self
 
 

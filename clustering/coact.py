@@ -13,7 +13,9 @@ import numpy as np
 from clustering.balanced import balanced_assign, groups_from_assignment
 from clustering.base import LayerProfile, Partition, PartitionRequest, top_shared
 
-MAX_FEATURES = 256  # random projection of the token axis (Johnson–Lindenstrauss) keeps k-means cheap
+MAX_FEATURES = (
+    256  # random projection of the token axis (Johnson–Lindenstrauss) keeps k-means cheap
+)
 
 
 def neuron_features(profile: LayerProfile, neurons: np.ndarray, seed: int) -> np.ndarray:
@@ -45,5 +47,9 @@ def balanced_kmeans(feats: np.ndarray, groups: int, seed: int, iters: int = 15) 
 def partition(profile: LayerProfile, request: PartitionRequest) -> Partition:
     shared, rest = top_shared(profile.importance, request.num_shared)
     feats = neuron_features(profile, rest, request.seed)
-    assign = balanced_kmeans(feats, request.num_experts, request.seed, int(request.options.get("iters", 15)))
-    return Partition(shared=shared, experts=groups_from_assignment(rest, assign, request.num_experts))
+    assign = balanced_kmeans(
+        feats, request.num_experts, request.seed, int(request.options.get("iters", 15))
+    )
+    return Partition(
+        shared=shared, experts=groups_from_assignment(rest, assign, request.num_experts)
+    )

@@ -33,6 +33,14 @@ class ArchSpec:
     d_ff_default_mult: int | None = None  # GPT-2: n_inner = None means 4 × n_embd
     vocab_key: str = "vocab_size"
     native_exports: tuple[str, ...] = field(default=())
+    # The layer output is (terms independent of the FFN) + (down projection output), so a carved
+    # layer's output is the dense one minus the dense FFN output plus the MoE output. False where
+    # a norm follows the FFN before or after the residual add (Gemma 3, BERT, post-LN OPT).
+    additive_ffn: bool = True
+    additive_requires: tuple[str, ...] = ()  # config flags that must be true for additive_ffn
+
+    def ffn_is_additive(self, config: dict[str, Any]) -> bool:
+        return self.additive_ffn and all(config.get(k, True) for k in self.additive_requires)
 
     @property
     def gated(self) -> bool:
@@ -56,7 +64,12 @@ class ArchSpec:
         return str(config.get(self.act_key) or "gelu")
 
 
-def _llama_like(model_type: str, act_key: str = "hidden_act", native: tuple[str, ...] = ()) -> ArchSpec:
+def _llama_like(
+    model_type: str,
+    act_key: str = "hidden_act",
+    native: tuple[str, ...] = (),
+    additive: bool = True,
+) -> ArchSpec:
     return ArchSpec(
         model_type=model_type,
         layers="model.layers",
@@ -66,6 +79,7 @@ def _llama_like(model_type: str, act_key: str = "hidden_act", native: tuple[str,
         down="mlp.down_proj",
         act_key=act_key,
         native_exports=native,
+        additive_ffn=additive,
     )
 
 
@@ -76,7 +90,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         _llama_like("mistral", native=("glm4_moe", "qwen2_moe")),
         _llama_like("qwen2", native=("glm4_moe", "qwen2_moe")),
         _llama_like("qwen3", native=("glm4_moe",)),  # Qwen2MoeAttention has no q/k norm
-        _llama_like("gemma3_text", act_key="hidden_activation"),
+        _llama_like("gemma3_text", act_key="hidden_activation", additive=False),
         ArchSpec(
             model_type="phi3",
             layers="model.layers",
@@ -107,6 +121,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             down="fc2",
             act_key="activation_function",
             d_ff_key="ffn_dim",
+            additive_requires=("do_layer_norm_before",),
         ),
         ArchSpec(
             model_type="bert",
@@ -115,6 +130,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             identity=("output.dense",),
             up="intermediate.dense",
             down="output.dense",
+            additive_ffn=False,
         ),
     )
 }

@@ -41,7 +41,9 @@ def _read_jsonl(path: Path, column: str) -> list[str]:
         except json.JSONDecodeError as e:
             raise CalibrationError(f"{path}:{n}: not valid JSON ({e.msg})") from e
         if not isinstance(row, dict) or column not in row:
-            raise CalibrationError(f"{path}:{n}: expected an object with a {column!r} field (set text_column)")
+            raise CalibrationError(
+                f"{path}:{n}: expected an object with a {column!r} field (set text_column)"
+            )
         texts.append(str(row[column]))
     return texts
 
@@ -50,10 +52,14 @@ def _read_parquet(path: Path, column: str) -> list[str]:
     try:
         import pyarrow.parquet as pq
     except ImportError as e:
-        raise CalibrationError(f"{path}: reading .parquet needs pyarrow (pip install pyarrow)") from e
+        raise CalibrationError(
+            f"{path}: reading .parquet needs pyarrow (pip install pyarrow)"
+        ) from e
     table = pq.read_table(path)
     if column not in table.column_names:
-        raise CalibrationError(f"{path}: no column {column!r}; columns: {table.column_names} (set text_column)")
+        raise CalibrationError(
+            f"{path}: no column {column!r}; columns: {table.column_names} (set text_column)"
+        )
     return [str(t) for t in table.column(column).to_pylist() if t is not None]
 
 
@@ -73,7 +79,9 @@ def _read_file(path: Path, column: str) -> list[str]:
 
 def _expand(path: Path) -> list[Path]:
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
+        files = sorted(
+            p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES
+        )
         if not files:
             raise CalibrationError(f"directory {path} holds no {sorted(SUPPORTED_SUFFIXES)} files")
         return files
@@ -82,7 +90,9 @@ def _expand(path: Path) -> list[Path]:
     return [path]
 
 
-def read_text(path: str | list[str] | None, text_column: str = "text", default: str = "calibration") -> str:
+def read_text(
+    path: str | list[str] | None, text_column: str = "text", default: str = "calibration"
+) -> str:
     """Read and join (with a blank line) every text of ``path``; the embedded corpus when None."""
     if path is None:
         return embedded_text(default)
@@ -107,7 +117,9 @@ def tokenize(tokenizer: Any, text: str) -> Any:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def windows(ids: Any, length: int, num: int | None = None, shuffle: bool = False, seed: int = 0) -> Any:
+def windows(
+    ids: Any, length: int, num: int | None = None, shuffle: bool = False, seed: int = 0
+) -> Any:
     """(num, length) aligned windows of ``ids``; random ones by the §5 rule when ``shuffle``.
 
     Text shorter than one window gives one shorter window (with a warning), never an error,
@@ -119,7 +131,11 @@ def windows(ids: Any, length: int, num: int | None = None, shuffle: bool = False
     if n_chunks == 0:
         if ids.numel() < 2:
             raise CalibrationError(f"text has {ids.numel()} tokens; need at least 2")
-        log.warning("text has only %d tokens (< one window of %d): using one short window", ids.numel(), length)
+        log.warning(
+            "text has only %d tokens (< one window of %d): using one short window",
+            ids.numel(),
+            length,
+        )
         return ids.view(1, -1)
     chunks = ids[: n_chunks * length].view(n_chunks, length)
     if shuffle:
@@ -129,6 +145,8 @@ def windows(ids: Any, length: int, num: int | None = None, shuffle: bool = False
         order = torch.arange(n_chunks)
     if num is not None:
         if num > n_chunks:
-            log.warning("asked for %d windows of %d tokens; the text has only %d", num, length, n_chunks)
+            log.warning(
+                "asked for %d windows of %d tokens; the text has only %d", num, length, n_chunks
+            )
         order = order[:num]
     return chunks[order]

@@ -13,7 +13,13 @@ def _ppl(evaluation: dict[str, Any], key: str) -> str:
     return f"{value:.2f}" if value is not None else "not measured"
 
 
-def model_card(recipe: Recipe, the_plan: Plan, evaluation: dict[str, Any], base_model: str, carve_seconds: float) -> str:
+def model_card(
+    recipe: Recipe,
+    the_plan: Plan,
+    evaluation: dict[str, Any],
+    base_model: str,
+    carve_seconds: float,
+) -> str:
     return f"""---
 base_model: {base_model}
 library_name: transformers

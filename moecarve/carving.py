@@ -21,6 +21,7 @@ import clustering
 import routers
 from clustering.base import LayerProfile, PartitionRequest
 from moecarve.architectures import ArchSpec
+from moecarve.corrections import refit_down
 from moecarve.errors import CancelledError
 from moecarve.ffn import FFNWeights, extract_ffn, set_submodule, submodule
 from moecarve.moe import MoEBlock
@@ -29,7 +30,7 @@ from moecarve.profiling import NeuronStats, profile_summary
 from moecarve.progress import CancelFn, ProgressEvent, ProgressFn, never_cancel, no_progress
 from moecarve.recipe import Recipe
 from moecarve.routing_stats import RoutingRecorder
-from moecarve.sequential import capture_inputs, capture_layer_calls, run_layer
+from moecarve.sequential import capture_layer_calls, ffn_taps, run_layer
 from routers.balance import fit_selection_bias
 from routers.base import RouterContext
 
@@ -82,6 +83,7 @@ def build_block(
         num_experts_per_tok=lp.num_experts_per_tok,
         seed=seed,
         options=recipe.router.options,
+        activation=ffn.activation,
     )
     router = routers.registry.get(recipe.router.method)(ctx)
     block = MoEBlock.from_ffn(ffn, shared, experts, lp.num_experts_per_tok, router)
@@ -105,35 +107,73 @@ def carve_model(
     layers = decoder_layers(model, arch)
     state = capture_layer_calls(model, layers, windows)
     outcome = CarveOutcome()
-    activation = arch.activation(model.config.to_dict())
+    config = model.config.to_dict()
+    activation, additive = arch.activation(config), arch.ffn_is_additive(config)
     total = len(layers)
+    # refit towards the dense model's residual stream: carry the dense path's hidden states too
+    reference = [h.clone() for h in state.hidden] if _model_target(recipe, additive) else None
     for i, (layer, lp) in enumerate(zip(layers, the_plan.layers, strict=True)):
         if should_cancel():
             raise CancelledError(f"cancelled before layer {i} of {total}")
         start = time.perf_counter()
-        progress(ProgressEvent("carve", i, total, f"layer {i}: profiling"))
-        if not lp.dense:
-            ffn = extract_ffn(layer, arch, activation)
-            stats = NeuronStats(ffn, recipe.profile.marker_top_k, recipe.profile.sample_tokens, recipe.seed + i)
-            with capture_inputs(submodule(layer, arch.replace), stats.update):
-                for hidden, call in zip(state.hidden, state.calls[i], strict=True):
-                    run_layer(layer, hidden, call)
-            profile = stats.finalize()
-            block = build_block(ffn, profile, lp, recipe, i)
-            install_block(layer, arch, block)
-            outcome.blocks[i] = block
-            outcome.neuron_stats[i] = {
-                **profile_summary(profile),
-                "shared": block.shared_neurons.tolist(),
-                "experts": block.expert_neurons.tolist(),
-            }
-            block.recorder = recorder = RoutingRecorder(block.num_experts)  # type: ignore[assignment]
-        if i < total - 1 or not lp.dense:
-            state.hidden = [run_layer(layer, h, c) for h, c in zip(state.hidden, state.calls[i], strict=True)]
-        if not lp.dense:
-            block.recorder = None
-            outcome.calibration_stats[i] = recorder.summary()
+        progress(ProgressEvent("carve", i, total, f"layer {i}"))
+        calls = state.calls[i]
+        reference_out = None if reference is None else [run_layer(layer, h, c) for h, c in zip(reference, calls, strict=True)]
+        if lp.dense:
+            state.hidden = [run_layer(layer, h, c) for h, c in zip(state.hidden, calls, strict=True)]
+            reference = reference_out
+            continue
+        ffn = extract_ffn(layer, arch, activation)
+        stats = NeuronStats(ffn, recipe.profile.marker_top_k, recipe.profile.sample_tokens, recipe.seed + i)
+        ffn_io: list[tuple[torch.Tensor, torch.Tensor]] = []
+        refit = recipe.correction.refit_down
+
+        def tap(x: torch.Tensor, h: torch.Tensor, y: torch.Tensor) -> None:
+            stats.update(x, h)
+            if additive or refit:
+                ffn_io.append((x, y))
+
+        with ffn_taps(submodule(layer, arch.replace), submodule(layer, arch.down), tap):
+            dense_out = [run_layer(layer, h, c) for h, c in zip(state.hidden, calls, strict=True)]
+        profile = stats.finalize()
+        block = build_block(ffn, profile, lp, recipe, i)
+        if refit and lp.num_experts_per_tok < lp.num_experts:
+            targets = None
+            if reference_out is not None:  # FFN output that puts the carved residual on the dense one
+                bias = 0 if ffn.down_bias is None else ffn.down_bias
+                targets = [y - bias + r - o for (_, y), r, o in zip(ffn_io, reference_out, dense_out, strict=True)]
+            refit_down(block, ffn, [x for x, _ in ffn_io], recipe.correction.ridge, targets=targets)
+        reference = reference_out
+        install_block(layer, arch, block)
+        outcome.blocks[i] = block
+        outcome.neuron_stats[i] = {
+            **profile_summary(profile),
+            "shared": block.shared_neurons.tolist(),
+            "experts": block.expert_neurons.tolist(),
+        }
+        outcome.calibration_stats[i] = sample_routing_stats(block, profile)
+        if additive:  # carved output = dense output − dense FFN output + MoE output
+            state.hidden = [o - y + block(x) for o, (x, y) in zip(dense_out, ffn_io, strict=True)]
+        else:
+            state.hidden = [run_layer(layer, h, c) for h, c in zip(state.hidden, calls, strict=True)]
         outcome.layer_seconds[i] = time.perf_counter() - start
         log.debug("layer %d carved in %.1fs", i, outcome.layer_seconds[i])
     progress(ProgressEvent("carve", total, total, "done"))
     return outcome
+
+
+def _model_target(recipe: Recipe, additive: bool) -> bool:
+    c = recipe.correction
+    if c.refit_down and c.target == "model" and not additive:
+        log.warning("correction.target 'model' needs an additive FFN; refitting to the layer output")
+    return c.refit_down and c.target == "model" and additive
+
+
+def sample_routing_stats(block: MoEBlock, profile: LayerProfile) -> dict[str, Any]:
+    """Routing statistics of the new block on the profile's uniform sample of calibration tokens."""
+    block.recorder = recorder = RoutingRecorder(block.num_experts)  # type: ignore[assignment]
+    try:
+        block(torch.from_numpy(profile.sample_x).to(block.experts_up.dtype))
+    finally:
+        block.recorder = None
+    return recorder.summary()

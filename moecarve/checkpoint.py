@@ -45,7 +45,9 @@ def moe_section(blocks: dict[int, MoEBlock]) -> dict[str, Any]:
 def prepare_output_dir(out: Path, overwrite: bool = False) -> None:
     """Refuse to clobber a non-empty directory unless asked (nothing is written here)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise CheckpointError(f"output {out} already exists and is not empty; choose another path or pass overwrite")
+        raise CheckpointError(
+            f"output {out} already exists and is not empty; choose another path or pass overwrite"
+        )
 
 
 def atomic_write_dir(out: Path, write: Callable[[Path], None], overwrite: bool = False) -> Path:
@@ -97,7 +99,9 @@ def save_checkpoint(
         model.config.moecarve = moe_section(blocks)
         model.config.save_pretrained(tmp)
         tensors = unique_state(model, getattr(torch, dtype))
-        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt", "moecarve": str(FORMAT_VERSION)})
+        save_file(
+            tensors, str(tmp / WEIGHTS), metadata={"format": "pt", "moecarve": str(FORMAT_VERSION)}
+        )
         tokenizer.save_pretrained(tmp)
         for name, content in side_files.items():
             if isinstance(content, str):
@@ -118,11 +122,15 @@ def load_pretrained(path: str | Path, dtype: str | None = None) -> nn.Module:
 
     path = Path(path)
     if not (path / "config.json").is_file() or not (path / WEIGHTS).is_file():
-        raise CheckpointError(f"{path} is not a moecarve checkpoint (needs config.json and {WEIGHTS})")
+        raise CheckpointError(
+            f"{path} is not a moecarve checkpoint (needs config.json and {WEIGHTS})"
+        )
     config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     section = getattr(config, "moecarve", None)
     if not isinstance(section, dict) or section.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}/config.json has no moecarve section of format {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{path}/config.json has no moecarve section of format {FORMAT_VERSION}"
+        )
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=False)
     arch = arch_for(config.to_dict())
     layers = decoder_layers(model, arch)
@@ -135,9 +143,13 @@ def load_pretrained(path: str | Path, dtype: str | None = None) -> nn.Module:
     missing, unexpected = model.load_state_dict(state, strict=False)
     own = model.state_dict()
     loaded = {(own[k].data_ptr(), own[k].numel()) for k in state if k in own}
-    missing = [k for k in missing if (own[k].data_ptr(), own[k].numel()) not in loaded]  # tied copies are fine
+    missing = [
+        k for k in missing if (own[k].data_ptr(), own[k].numel()) not in loaded
+    ]  # tied copies are fine
     if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not match the architecture (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise CheckpointError(
+            f"{path}: weights do not match the architecture (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     if dtype is not None:
         model.to(getattr(torch, dtype))
     return model.eval()

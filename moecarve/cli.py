@@ -19,7 +19,7 @@ from moecarve.errors import MoecarveError
 
 EXIT_ERROR = 2
 # Other packages add sub-commands through a ``register(subparsers)`` function in these modules.
-EXTENSIONS = ("moecarve.export.cli", "service.cli")
+EXTENSIONS = ("moecarve.export.cli", "service.cli", "moecarve.report.cli")
 
 
 def _print_json(obj: Any) -> None:
@@ -34,7 +34,9 @@ def _tqdm_progress() -> Callable[[Any], None]:
     def progress(event: Any) -> None:
         bar = bars.get(event.stage)
         if bar is None:
-            bar = bars[event.stage] = tqdm(total=event.total, desc=event.stage, unit="step", leave=True)
+            bar = bars[event.stage] = tqdm(
+                total=event.total, desc=event.stage, unit="step", leave=True
+            )
         bar.total = event.total
         bar.n = event.step
         bar.set_postfix_str(event.message, refresh=True)
@@ -65,7 +67,9 @@ def cmd_carve(args: argparse.Namespace) -> int:
     result = carve(recipe, args.out_dir, progress=progress, overwrite=args.overwrite)
     ev = result.evaluation
     print(f"checkpoint: {result.output_dir.resolve()}")
-    print(f"layout: {result.plan.layout} (active FFN {result.plan.active_ffn_fraction:.1%}), carve time {result.carve_seconds:.1f} s")
+    print(
+        f"layout: {result.plan.layout} (active FFN {result.plan.active_ffn_fraction:.1%}), carve time {result.carve_seconds:.1f} s"
+    )
     if "carved" in ev:
         print(
             f"held-out perplexity: dense {ev['dense']['perplexity']:.2f}  carved {ev['carved']['perplexity']:.2f}  "
@@ -83,7 +87,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.preset:
         protocol = PRESETS[args.preset]
     else:
-        protocol = EvalProtocol(name="custom", window=args.window, max_windows=args.windows, path=args.text)
+        protocol = EvalProtocol(
+            name="custom", window=args.window, max_windows=args.windows, path=args.text
+        )
     model = _load_any(args.model_dir)
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     torch.set_grad_enabled(False)
@@ -92,7 +98,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(result)
     else:
-        print(f"perplexity {result['perplexity']:.3f} on {result['tokens']} tokens ({result['windows']} windows)")
+        print(
+            f"perplexity {result['perplexity']:.3f} on {result['tokens']} tokens ({result['windows']} windows)"
+        )
     return 0
 
 
@@ -117,8 +125,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fields(_args: argparse.Namespace) -> int:
+    from moecarve.recipe_doc import fields_markdown
+
+    print(fields_markdown())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="moecarve", description="Carve dense causal LMs into MoE models.")
+    parser = argparse.ArgumentParser(
+        prog="moecarve", description="Carve dense causal LMs into MoE models."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -149,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)
 
+    p = sub.add_parser("fields", help="print the recipe fields as a Markdown table")
+    p.set_defaults(func=cmd_fields)
+
     for name in EXTENSIONS:
         try:
             module = importlib.import_module(name)
@@ -160,9 +180,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_transformers() -> None:
+    """Our own progress bars are enough: silence transformers' per-load bars and notices."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _quiet_transformers()
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         return int(args.func(args) or 0)
     except MoecarveError as e:

@@ -32,7 +32,10 @@ PRESETS = {"austen": AUSTEN}
 
 @torch.no_grad()
 def perplexity(
-    model: nn.Module, rows: torch.Tensor, progress: ProgressFn = no_progress, stage: str = "evaluate"
+    model: nn.Module,
+    rows: torch.Tensor,
+    progress: ProgressFn = no_progress,
+    stage: str = "evaluate",
 ) -> dict[str, Any]:
     """Perplexity of ``model`` on ``rows`` (N, L), each row scored on its own."""
     nll, count = 0.0, 0
@@ -42,7 +45,12 @@ def perplexity(
         nll += float(nn.functional.cross_entropy(logits, row[1:], reduction="sum"))
         count += row.numel() - 1
     progress(ProgressEvent(stage, len(rows), len(rows), "done"))
-    return {"perplexity": math.exp(nll / count), "nll": nll / count, "tokens": count, "windows": len(rows)}
+    return {
+        "perplexity": math.exp(nll / count),
+        "nll": nll / count,
+        "tokens": count,
+        "windows": len(rows),
+    }
 
 
 def eval_rows(tokenizer: Any, protocol: EvalProtocol) -> torch.Tensor:

@@ -79,5 +79,11 @@ def extract_ffn(layer: nn.Module, arch: ArchSpec, activation: str) -> FFNWeights
     elif arch.gate is not None:
         gate, gate_b = _weight_bias(submodule(layer, arch.gate), arch.conv1d)
     return FFNWeights(
-        up=up, down=down, activation=activation, gate=gate, up_bias=up_b, gate_bias=gate_b, down_bias=down_b
+        up=up,
+        down=down,
+        activation=activation,
+        gate=gate,
+        up_bias=up_b,
+        gate_bias=gate_b,
+        down_bias=down_b,
     )

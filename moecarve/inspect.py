@@ -13,7 +13,9 @@ def _read(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError as e:
-        raise CheckpointError(f"{path.parent} is not a moecarve checkpoint: missing {path.name}") from e
+        raise CheckpointError(
+            f"{path.parent} is not a moecarve checkpoint: missing {path.name}"
+        ) from e
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is not valid JSON: {e.msg}") from e
 
@@ -24,7 +26,16 @@ def inspect_checkpoint(path: Path) -> dict[str, Any]:
     evaluation = _read(path / "evaluation.json")
     layers = stats.get("heldout") or stats["calibration"]
     per_layer = {
-        i: {k: s[k] for k in ("load_cv", "load_max_over_mean", "router_entropy", "reconstruction_error", "recall")}
+        i: {
+            k: s[k]
+            for k in (
+                "load_cv",
+                "load_max_over_mean",
+                "router_entropy",
+                "reconstruction_error",
+                "recall",
+            )
+        }
         for i, s in layers.items()
     }
     lines = [
@@ -41,4 +52,10 @@ def inspect_checkpoint(path: Path) -> dict[str, Any]:
             f"{int(i):5d}  {s['load_cv']:7.3f}  {s['load_max_over_mean']:8.2f}  {s['router_entropy']:8.3f}  "
             f"{s['reconstruction_error']:9.4f}  {s['recall']:6.3f}"
         )
-    return {"path": str(path), "plan": plan, "evaluation": evaluation, "layers": per_layer, "text": "\n".join(lines)}
+    return {
+        "path": str(path),
+        "plan": plan,
+        "evaluation": evaluation,
+        "layers": per_layer,
+        "text": "\n".join(lines),
+    }

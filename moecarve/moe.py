@@ -65,8 +65,12 @@ class MoEBlock(nn.Module):
         self.experts_up_bias = param(E, m) if up_bias else None
         self.experts_gate_bias = param(E, m) if up_bias and gated else None
         self.router = router
-        self.register_buffer("selection_bias", torch.zeros(E))  # only for selection (aux-loss-free balance)
-        self.register_buffer("shared_neurons", torch.zeros(s, dtype=torch.long))  # neuron maps (provenance)
+        self.register_buffer(
+            "selection_bias", torch.zeros(E)
+        )  # only for selection (aux-loss-free balance)
+        self.register_buffer(
+            "shared_neurons", torch.zeros(s, dtype=torch.long)
+        )  # neuron maps (provenance)
         self.register_buffer("expert_neurons", torch.zeros(E, m, dtype=torch.long))
         self.recorder: Recorder | None = None
 
@@ -129,7 +133,9 @@ class MoEBlock(nn.Module):
         }
 
     # --- compute ------------------------------------------------------------------------
-    def _hidden(self, x: torch.Tensor, up: torch.Tensor, ub: Any, gate: Any, gb: Any) -> torch.Tensor:
+    def _hidden(
+        self, x: torch.Tensor, up: torch.Tensor, ub: Any, gate: Any, gb: Any
+    ) -> torch.Tensor:
         u = nn.functional.linear(x, up, ub)
         if gate is None:
             return self.act(u)
@@ -140,7 +146,9 @@ class MoEBlock(nn.Module):
         if self.shared_size == 0:
             out = x.new_zeros(x.shape)
             return out if self.down_bias is None else out + self.down_bias
-        h = self._hidden(x, self.shared_up, self.shared_up_bias, self.shared_gate, self.shared_gate_bias)
+        h = self._hidden(
+            x, self.shared_up, self.shared_up_bias, self.shared_gate, self.shared_gate_bias
+        )
         return nn.functional.linear(h, self.shared_down, self.down_bias)
 
     def expert_hidden(self, x: torch.Tensor, e: int) -> torch.Tensor:

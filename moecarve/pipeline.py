@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import time
@@ -22,6 +23,7 @@ from moecarve.evaluate import EvalProtocol, eval_rows, perplexity
 from moecarve.plan import Plan, plan
 from moecarve.progress import CancelFn, ProgressEvent, ProgressFn, never_cancel, no_progress
 from moecarve.recipe import Recipe
+from moecarve.report.tokens import DEFAULT_MAX_TOKENS, TOKEN_ROUTES, record_token_routes
 from moecarve.routing_stats import attach_recorders, detach_recorders
 from moecarve.sources import load_config, load_model
 
@@ -72,11 +74,19 @@ def carve(
     cal_text = read_text(cal.path, cal.text_column, default="calibration")
     protocol = _eval_protocol(recipe)
     if recipe.evaluation.enabled:
-        read_text(protocol.path, protocol.text_column, default="heldout")  # fail before the model loads
+        read_text(
+            protocol.path, protocol.text_column, default="heldout"
+        )  # fail before the model loads
 
     progress(ProgressEvent("load", 0, 1, f"loading {recipe.model}"))
     model, tokenizer = load_model(recipe.model, "float32")
-    rows = windows(tokenize(tokenizer, cal_text), cal.max_seq_length, cal.num_calibration_samples, cal.shuffle, cal.seed)
+    rows = windows(
+        tokenize(tokenizer, cal_text),
+        cal.max_seq_length,
+        cal.num_calibration_samples,
+        cal.shuffle,
+        cal.seed,
+    )
     progress(ProgressEvent("calibrate", 1, 1, f"{rows.shape[0]} windows × {rows.shape[1]} tokens"))
 
     evaluation: dict[str, Any] = {}
@@ -102,6 +112,12 @@ def carve(
         heldout_stats = {str(i): r.summary() for i, r in recorders.items()}
         evaluation["ratio"] = evaluation["carved"]["perplexity"] / evaluation["dense"]["perplexity"]
     evaluation["carve_seconds"] = carve_seconds
+    # Per-token routes of a short sample for the dashboard's token view: the end of the first
+    # held-out (else calibration) window, past any title page, with its in-window context.
+    sample, source = (rows[0], "calibration") if eval_ids is None else (eval_ids[0], "held-out")
+    token_routes = record_token_routes(
+        model, tokenizer, sample, blocks=outcome.blocks, source=source, keep_last=DEFAULT_MAX_TOKENS
+    )
 
     routing_stats = {
         "layout": the_plan.layout,
@@ -116,6 +132,8 @@ def carve(
         "routing_stats.json": routing_stats,
         "neuron_stats.json": {str(i): s for i, s in outcome.neuron_stats.items()},
         "evaluation.json": evaluation,
+        TOKEN_ROUTES: json.dumps(token_routes, separators=(",", ":"))
+        + "\n",  # compact: a list per token
         "moecarve.json": {
             "moecarve_version": __version__,
             "torch_version": torch.__version__,

@@ -67,7 +67,9 @@ def _layer_plan(recipe: Recipe, index: int, d_ff: int) -> LayerPlan:
     E, k, S = moe.num_experts, moe.num_experts_per_tok, moe.num_shared_experts
     units = E + S  # type: ignore[operator]
     if d_ff % units:
-        raise RecipeError(f"layer {index}: layout S{S}A{k}E{units} does not fit: {_divisor_hint(d_ff, units)}")
+        raise RecipeError(
+            f"layer {index}: layout S{S}A{k}E{units} does not fit: {_divisor_hint(d_ff, units)}"
+        )
     size = d_ff // units
     return LayerPlan(
         layer=index,
@@ -111,11 +113,18 @@ def plan(recipe: Recipe, config: dict[str, Any] | None = None) -> Plan:
     n_layers, hidden, d_ff = arch.num_layers(config), arch.hidden(config), arch.d_ff(config)
     bad = sorted({i for o in recipe.overrides for i in o.layers if not 0 <= i < n_layers})
     if bad:
-        raise RecipeError(f"overrides: layers {bad} do not exist; the model has layers 0..{n_layers - 1}")
+        raise RecipeError(
+            f"overrides: layers {bad} do not exist; the model has layers 0..{n_layers - 1}"
+        )
     max_pos = config.get("max_position_embeddings") or config.get("n_positions")
-    for name, spec in (("calibration", recipe.calibration.max_seq_length), ("evaluation", recipe.evaluation.window)):
+    for name, spec in (
+        ("calibration", recipe.calibration.max_seq_length),
+        ("evaluation", recipe.evaluation.window),
+    ):
         if max_pos and spec and spec > int(max_pos):
-            raise RecipeError(f"{name}: window {spec} exceeds the model's max_position_embeddings={max_pos}")
+            raise RecipeError(
+                f"{name}: window {spec} exceeds the model's max_position_embeddings={max_pos}"
+            )
 
     layers = [_layer_plan(recipe, i, d_ff) for i in range(n_layers)]
     if recipe.export.formats:

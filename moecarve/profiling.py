@@ -16,7 +16,9 @@ from moecarve.ffn import FFNWeights
 class NeuronStats:
     """Accumulates activation statistics of ``ffn`` over chunks of FFN inputs."""
 
-    def __init__(self, ffn: FFNWeights, marker_top_k: int = 10, sample_tokens: int = 4096, seed: int = 0) -> None:
+    def __init__(
+        self, ffn: FFNWeights, marker_top_k: int = 10, sample_tokens: int = 4096, seed: int = 0
+    ) -> None:
         self.ffn = ffn
         self.act = ffn.act_fn()
         n, d = ffn.num_neurons, ffn.hidden_size
@@ -32,10 +34,10 @@ class NeuronStats:
         self.generator = torch.Generator().manual_seed(seed)
 
     @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
-        """Add FFN inputs ``x`` (T, d)."""
+    def update(self, x: torch.Tensor, h: torch.Tensor | None = None) -> None:
+        """Add FFN inputs ``x`` (T, d) and, when the caller has them, their activations ``h`` (T, n)."""
         x = x.reshape(-1, x.shape[-1]).float()
-        h = self.ffn.hidden(x, self.act).float()  # (T, n)
+        h = self.ffn.hidden(x, self.act).float() if h is None else h.reshape(x.shape[0], -1).float()
         a = h.abs()
         self.count += x.shape[0]
         self.sum_abs += a.sum(0, dtype=torch.float64)

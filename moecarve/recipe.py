@@ -27,20 +27,30 @@ def parse_shorthand(text: str) -> dict[str, int]:
     """CMoE's ``S{shared}A{activated}E{total}`` → recipe fields (E counts the shared units too)."""
     m = _SHORTHAND.match(text.strip().upper())
     if not m:
-        raise ValueError(f"expected a layout like 'S2A2E16' (shared, activated, total experts), got {text!r}")
+        raise ValueError(
+            f"expected a layout like 'S2A2E16' (shared, activated, total experts), got {text!r}"
+        )
     shared, active, total = (int(g) for g in m.groups())
     if total <= shared:
         raise ValueError(f"{text}: total experts E{total} must exceed shared S{shared}")
-    return {"num_shared_experts": shared, "num_experts_per_tok": active, "num_experts": total - shared}
+    return {
+        "num_shared_experts": shared,
+        "num_experts_per_tok": active,
+        "num_experts": total - shared,
+    }
 
 
 class MoeSpec(_Strict):
     """Layout of every MoE layer, in units of one routed expert's size."""
 
     num_experts: int | None = Field(None, ge=1, description="Routed experts per layer (E).")
-    num_experts_per_tok: int | None = Field(None, ge=1, description="Routed experts selected per token (k).")
+    num_experts_per_tok: int | None = Field(
+        None, ge=1, description="Routed experts selected per token (k)."
+    )
     num_shared_experts: int | None = Field(
-        None, ge=0, description="Shared (always-on) expert size, in units of one routed expert's size."
+        None,
+        ge=0,
+        description="Shared (always-on) expert size, in units of one routed expert's size.",
     )
     active_fraction: float | None = Field(
         None,
@@ -63,7 +73,9 @@ class MoeSpec(_Strict):
     def _consistent(self) -> MoeSpec:
         explicit = self.num_experts is not None or self.num_experts_per_tok is not None
         if not explicit and self.active_fraction is None:
-            raise ValueError("give num_experts + num_experts_per_tok (+ num_shared_experts), a layout like 'S2A2E16', or active_fraction")
+            raise ValueError(
+                "give num_experts + num_experts_per_tok (+ num_shared_experts), a layout like 'S2A2E16', or active_fraction"
+            )
         if explicit:
             if self.num_experts is None or self.num_experts_per_tok is None:
                 raise ValueError("num_experts and num_experts_per_tok must be given together")
@@ -99,9 +111,13 @@ class MoeSpec(_Strict):
 class LayerOverride(_Strict):
     """A different layout (or dense) for some layers."""
 
-    layers: list[int] = Field(..., min_length=1, description="Layer indices this override applies to.")
+    layers: list[int] = Field(
+        ..., min_length=1, description="Layer indices this override applies to."
+    )
     dense: bool = Field(False, description="Keep these layers dense (not carved).")
-    moe: MoeSpec | None = Field(None, description="Layout for these layers; the recipe's moe when omitted.")
+    moe: MoeSpec | None = Field(
+        None, description="Layout for these layers; the recipe's moe when omitted."
+    )
 
     @model_validator(mode="after")
     def _one(self) -> LayerOverride:
@@ -123,17 +139,19 @@ def _check_router(name: str) -> str:
 
 
 class PartitionSpec(_Strict):
-    method: str = Field("coact", description="Neuron → expert partition method (a name in the clustering registry).")
+    method: str = Field(
+        "coact", description="Neuron → expert partition method (a name in the clustering registry)."
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="Method-specific options.")
 
     _v = field_validator("method")(classmethod(lambda cls, v: _check_partition(v)))
 
 
 class RouterSpec(_Strict):
-    method: str = Field("centroid", description="Router construction method (a name in the routers registry).")
+    method: str = Field("fitted", description="Router construction method (a name in the routers registry).")
     options: dict[str, Any] = Field(default_factory=dict, description="Method-specific options.")
     balance: bool = Field(
-        False, description="Fit a per-expert selection bias on calibration routing so expert load is even."
+        True, description="Fit a per-expert selection bias on calibration routing so expert load is even."
     )
 
     _v = field_validator("method")(classmethod(lambda cls, v: _check_router(v)))
@@ -145,28 +163,105 @@ class CalibrationSpec(_Strict):
         description="Text file(s) or directory (.txt/.jsonl/.parquet), joined with a blank line; "
         "omit for the embedded default corpus.",
     )
-    text_column: str = Field("text", description="Column / key holding text in .jsonl and .parquet files.")
+    text_column: str = Field(
+        "text", description="Column / key holding text in .jsonl and .parquet files."
+    )
     num_calibration_samples: int = Field(8, ge=1, description="Number of calibration windows.")
     max_seq_length: int = Field(2048, ge=8, description="Tokens per calibration window.")
-    shuffle: bool = Field(True, description="Pick windows by torch.randperm under `seed` (else the first ones).")
+    shuffle: bool = Field(
+        True, description="Pick windows by torch.randperm under `seed` (else the first ones)."
+    )
     seed: int = Field(0, description="Seed of the window choice.")
 
 
 class EvaluationSpec(_Strict):
-    enabled: bool = Field(True, description="Measure held-out perplexity of dense and carved models.")
+    enabled: bool = Field(
+        True, description="Measure held-out perplexity of dense and carved models."
+    )
     path: str | list[str] | None = Field(
         None, description="Held-out text file(s); omit for the embedded held-out corpus."
     )
-    text_column: str = Field("text", description="Column / key holding text in .jsonl and .parquet files.")
-    max_windows: int = Field(8, ge=1, description="Score at most this many non-overlapping windows.")
-    window: int | None = Field(None, ge=8, description="Window length; defaults to calibration.max_seq_length.")
+    text_column: str = Field(
+        "text", description="Column / key holding text in .jsonl and .parquet files."
+    )
+    max_windows: int = Field(
+        8, ge=1, description="Score at most this many non-overlapping windows."
+    )
+    window: int | None = Field(
+        None, ge=8, description="Window length; defaults to calibration.max_seq_length."
+    )
 
 
 class ProfileSpec(_Strict):
-    marker_top_k: int = Field(10, ge=1, description="Per token, the K largest |activations| count as 'markers' (CMoE's activation rate).")
-    sample_tokens: int = Field(
-        4096, ge=64, description="Bounded sample of calibration tokens kept per layer for clustering and router fitting."
+    marker_top_k: int = Field(
+        10,
+        ge=1,
+        description="Per token, the K largest |activations| count as 'markers' (CMoE's activation rate).",
     )
+    sample_tokens: int = Field(
+        4096,
+        ge=64,
+        description="Bounded sample of calibration tokens kept per layer for clustering and router fitting.",
+    )
+
+
+class CorrectionSpec(_Strict):
+    """Cheap closed-form corrections fitted on calibration tokens after routing is fixed."""
+
+    refit_down: bool = Field(
+        True,
+        description="Re-solve shared and expert down projections by ridge least squares so shared + "
+        "selected experts reproduce the dense FFN output on calibration tokens (exportable).",
+    )
+    ridge: float = Field(0.2, ge=0, description="Ridge towards the dense down projection, relative to the mean Gram diagonal.")
+    target: Literal["layer", "model"] = Field(
+        "layer",
+        description="What the refit reproduces: 'layer' = the dense FFN's output on the carved inputs; "
+        "'model' = the dense model's residual stream (also absorbs error from earlier carved layers; "
+        "carving runs each layer twice; additive FFNs only).",
+    )
+
+
+def _check_export_format(name: str) -> str:
+    from moecarve.export import targets
+
+    if name == "reference":
+        raise ValueError("the reference checkpoint is always written; list native formats here")
+    return targets.check(name)
+
+
+class ExportSpec(_Strict):
+    """Native MoE exports written after the reference checkpoint (each with a fidelity report)."""
+
+    formats: list[str] = Field(
+        default_factory=list,
+        description="Native formats ('glm4_moe', 'qwen2_moe'), each written to OUT_DIR/exports/<format>/; "
+        "plan refuses models or layouts a format cannot hold exactly.",
+    )
+    score_scale: float = Field(
+        DEFAULT_SCORE_SCALE,
+        gt=0,
+        le=1,
+        description="Unit-weight recipe (DESIGN.md §4): per layer, the router is multiplied by a power of two τ "
+        "so that the flattened scores τ·s have this standard deviation on calibration text.",
+    )
+    tau: float | None = Field(None, gt=0, le=1, description="One fixed τ for every layer instead of score_scale.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"formats": [data]}
+        return {"formats": data} if isinstance(data, list) else data
+
+    @field_validator("formats")
+    @classmethod
+    def _known_unique(cls, v: list[str]) -> list[str]:
+        for name in v:
+            _check_export_format(name)
+        if len(set(v)) != len(v):
+            raise ValueError(f"formats repeat: {v}")
+        return v
 
 
 def _check_export_format(name: str) -> str:
@@ -214,14 +309,36 @@ class ExportSpec(_Strict):
 class Recipe(_Strict):
     """Everything a carve needs; the same object in Python, YAML and HTTP."""
 
-    model: str = Field(DEFAULT_MODEL, description="Local HF directory, hub id (when online), or the packaged default 'smollm2-135m'.")
-    moe: MoeSpec = Field(..., description="Layout: {num_experts, num_experts_per_tok, num_shared_experts}, 'S2A2E16', or {active_fraction}.")
-    overrides: list[LayerOverride] = Field(default_factory=list, description="Per-layer layouts or dense layers.")
-    partition: PartitionSpec = Field(default_factory=PartitionSpec)
-    router: RouterSpec = Field(default_factory=RouterSpec)
-    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
-    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
-    profile: ProfileSpec = Field(default_factory=ProfileSpec)
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="Local HF directory, hub id (when online), or the packaged default 'smollm2-135m'.",
+    )
+    moe: MoeSpec = Field(
+        ...,
+        description="Layout: {num_experts, num_experts_per_tok, num_shared_experts}, 'S2A2E16', or {active_fraction}.",
+    )
+    overrides: list[LayerOverride] = Field(
+        default_factory=list,
+        description="Per-layer layouts or dense layers: [{layers: [0, 1], dense: true}, {layers: [5], moe: 'S1A3E8'}].",
+    )
+    partition: PartitionSpec = Field(
+        default_factory=PartitionSpec, description="How neurons are grouped into experts."
+    )
+    router: RouterSpec = Field(
+        default_factory=RouterSpec, description="How routed experts are chosen per token."
+    )
+    correction: CorrectionSpec = Field(
+        default_factory=CorrectionSpec, description="Cheap corrections fitted while carving."
+    )
+    calibration: CalibrationSpec = Field(
+        default_factory=CalibrationSpec, description="Text the neurons are profiled on."
+    )
+    evaluation: EvaluationSpec = Field(
+        default_factory=EvaluationSpec, description="Held-out perplexity, dense vs carved."
+    )
+    profile: ProfileSpec = Field(
+        default_factory=ProfileSpec, description="Per-neuron statistics collected while carving."
+    )
     seed: int = Field(0, description="Seed of partition and router methods.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Dtype of the saved checkpoint.")
     export: ExportSpec = Field(
@@ -259,7 +376,9 @@ class Recipe(_Strict):
     @classmethod
     def parse(cls, data: Any, source: str = "recipe") -> Recipe:
         if not isinstance(data, dict):
-            raise RecipeError(f"{source}: expected a mapping of recipe fields, got {type(data).__name__}")
+            raise RecipeError(
+                f"{source}: expected a mapping of recipe fields, got {type(data).__name__}"
+            )
         try:
             return cls.model_validate(data)
         except ValidationError as e:

@@ -32,7 +32,9 @@ class RoutingRecorder:
         self.routed_norm = 0.0
 
     @torch.no_grad()
-    def __call__(self, block: MoEBlock, x: torch.Tensor, scores: torch.Tensor, selected: torch.Tensor) -> None:
+    def __call__(
+        self, block: MoEBlock, x: torch.Tensor, scores: torch.Tensor, selected: torch.Tensor
+    ) -> None:
         x = x.float()
         T, E = x.shape[0], block.num_experts
         onehot = torch.zeros(T, E, dtype=torch.float64).scatter_(1, selected, 1.0)
@@ -47,7 +49,9 @@ class RoutingRecorder:
         mass_all = torch.zeros(T, dtype=torch.float64)
         mass_sel = torch.zeros(T, dtype=torch.float64)
         if block.shared_size:
-            h = block._hidden(x, block.shared_up, block.shared_up_bias, block.shared_gate, block.shared_gate_bias)
+            h = block._hidden(
+                x, block.shared_up, block.shared_up_bias, block.shared_gate, block.shared_gate_bias
+            )
             m = (h.abs() * block.shared_down.norm(dim=0)).sum(1).double()
             mass_all += m
             mass_sel += m
@@ -78,12 +82,16 @@ class RoutingRecorder:
             "load_cv": float(share.std(unbiased=False) / mean) if E > 1 else 0.0,
             "load_max_over_mean": float(share.max() / mean),
             "load_entropy": float(-(p * p.log()).sum() / math.log(E)) if E > 1 else 1.0,
-            "router_entropy": self.router_entropy / max(self.tokens, 1) / (math.log(E) if E > 1 else 1.0),
+            "router_entropy": self.router_entropy
+            / max(self.tokens, 1)
+            / (math.log(E) if E > 1 else 1.0),
             "never_selected": [int(e) for e in torch.nonzero(self.load == 0).flatten()],
             "reconstruction_error": self.err_sq / max(self.dense_sq, 1e-30),
             "recall": self.mass_active / max(self.mass_total, 1e-30),
             "shared_output_share": self.shared_norm / norms if norms else 0.0,
-            "coselection": [[round(float(v), 6) for v in row] for row in self.coselect / max(self.tokens, 1)],
+            "coselection": [
+                [round(float(v), 6) for v in row] for row in self.coselect / max(self.tokens, 1)
+            ],
         }
 
 

@@ -9,7 +9,7 @@ recording, and the run stops before the last layer, so capturing costs only the 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,9 @@ class _Stop(Exception):
 @dataclass
 class LayerCalls:
     hidden: list[torch.Tensor]  # per window: (1, L, d) input of the next layer to run
-    calls: list[list[Call]] = field(default_factory=list)  # [layer][window] → (args, kwargs) besides hidden
+    calls: list[list[Call]] = field(
+        default_factory=list
+    )  # [layer][window] → (args, kwargs) besides hidden
 
 
 def _split_hidden(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, Call]:
@@ -37,10 +39,13 @@ def _split_hidden(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.
 
 
 @torch.no_grad()
-def capture_layer_calls(model: nn.Module, layers: nn.ModuleList, windows: torch.Tensor) -> LayerCalls:
+def capture_layer_calls(
+    model: nn.Module, layers: nn.ModuleList, windows: torch.Tensor
+) -> LayerCalls:
     """Record layer inputs for each row of ``windows`` (N, L)."""
     n_layers = len(layers)
     result = LayerCalls(hidden=[], calls=[[] for _ in range(n_layers)])
+
     def stub(i: int) -> Callable[..., torch.Tensor]:
         def forward(*args: Any, **kwargs: Any) -> torch.Tensor:
             hidden, call = _split_hidden(args, kwargs)
@@ -57,10 +62,8 @@ def capture_layer_calls(model: nn.Module, layers: nn.ModuleList, windows: torch.
         for i, layer in enumerate(layers):
             layer.forward = stub(i)
         for row in windows:
-            try:
+            with suppress(_Stop):
                 model(input_ids=row.unsqueeze(0), use_cache=False)
-            except _Stop:
-                pass
     finally:
         for layer in layers:
             layer.__dict__.pop("forward", None)  # back to the class's forward
@@ -73,15 +76,34 @@ def run_layer(layer: nn.Module, hidden: torch.Tensor, call: Call) -> torch.Tenso
     return out[0] if isinstance(out, tuple) else out
 
 
+def _first(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+    return args[0] if args else next(iter(kwargs.values()))
+
+
 @contextmanager
-def capture_inputs(module: nn.Module, sink: Callable[[torch.Tensor], None]) -> Iterator[None]:
-    """Call ``sink(x)`` with the first positional input of every ``module`` call."""
+def ffn_taps(
+    entry: nn.Module,
+    down: nn.Module,
+    sink: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None],
+) -> Iterator[None]:
+    """Call ``sink(x, h, y)`` per FFN call: ``x`` enters ``entry`` (the FFN's first module),
+    ``h`` (neuron activations) enters the down projection, ``y`` leaves it."""
+    pending: list[torch.Tensor] = []
 
-    def hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        sink(args[0] if args else next(iter(kwargs.values())))
+    def on_entry(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        pending.append(_first(args, kwargs))
 
-    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    def on_down(
+        _m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: torch.Tensor
+    ) -> None:
+        sink(pending.pop(), _first(args, kwargs), out)
+
+    handles = [
+        entry.register_forward_pre_hook(on_entry, with_kwargs=True),
+        down.register_forward_hook(on_down, with_kwargs=True),
+    ]
     try:
         yield
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()

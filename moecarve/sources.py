@@ -60,15 +60,23 @@ def _is_local(model: str) -> bool:
 def load_config(model: str) -> dict[str, Any]:
     """The model's config as a plain dict, without loading weights or torch."""
     if model in PACKAGED:
-        text = importlib.resources.files("moecarve.data").joinpath(PACKAGED[model].config_resource).read_text()
+        text = (
+            importlib.resources.files("moecarve.data")
+            .joinpath(PACKAGED[model].config_resource)
+            .read_text()
+        )
         return json.loads(text)
     if _is_local(model):
         path = Path(model).expanduser()
         cfg = path / "config.json"
         if not path.is_dir():
-            raise ModelSourceError(f"model path {path} is not a directory (expected a Hugging Face model directory)")
+            raise ModelSourceError(
+                f"model path {path} is not a directory (expected a Hugging Face model directory)"
+            )
         if not cfg.is_file():
-            raise ModelSourceError(f"model directory {path} has no config.json (expected a Hugging Face model directory)")
+            raise ModelSourceError(
+                f"model directory {path} has no config.json (expected a Hugging Face model directory)"
+            )
         try:
             return json.loads(cfg.read_text())
         except (OSError, json.JSONDecodeError) as e:
@@ -78,7 +86,9 @@ def load_config(model: str) -> dict[str, Any]:
 
 def _hub_config(model: str) -> dict[str, Any]:
     if os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise ModelSourceError(f"model {model!r} is not a local directory and the hub is offline (HF_HUB_OFFLINE=1)")
+        raise ModelSourceError(
+            f"model {model!r} is not a local directory and the hub is offline (HF_HUB_OFFLINE=1)"
+        )
     try:
         from huggingface_hub import hf_hub_download
 
@@ -101,7 +111,9 @@ def _packaged_local_dir(name: str) -> Path:
     spec = PACKAGED[name]
     src = _packaged_dir(spec)
     log.info("de-quantizing %s from %s (once; cached in %s)", spec.gguf_file, src, target)
-    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=spec.gguf_file, dtype=torch.float32)
+    gguf_model = AutoModelForCausalLM.from_pretrained(
+        src, gguf_file=spec.gguf_file, dtype=torch.float32
+    )
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=spec.gguf_file)
     # save_pretrained refuses gguf-loaded models: copy the weights into a plain model of the same config.
     plain = AutoModelForCausalLM.from_config(gguf_model.config, dtype=torch.float32)
@@ -137,7 +149,9 @@ def load_model(model: str, dtype: str = "float32") -> tuple[Any, Any]:
 
     path = resolve_local(model)
     try:
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), trust_remote_code=False)
+        lm = AutoModelForCausalLM.from_pretrained(
+            path, dtype=getattr(torch, dtype), trust_remote_code=False
+        )
     except (OSError, ValueError, KeyError) as e:
         raise ModelSourceError(f"cannot load model {model!r}: {e}") from e
     try:

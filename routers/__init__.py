@@ -11,8 +11,11 @@ from moecarve.registry import Registry
 
 registry: Registry = Registry("router method")
 registry.register("centroid", "routers.centroid:build")
+registry.register("fitted", "routers.fitted:build")
+registry.register("representative", "routers.representative:build")
 
 kinds: Registry = Registry("router kind")
 kinds.register("linear", "routers.linear:LinearRouter")
+kinds.register("representative", "routers.representative:RepresentativeRouter")
 
 __all__ = ["kinds", "registry"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 
-def fit_selection_bias(scores: torch.Tensor, k: int, iters: int = 300, rate: float = 0.1) -> torch.Tensor:
+def fit_selection_bias(scores: torch.Tensor, k: int, iters: int = 100, rate: float = 0.3) -> torch.Tensor:
     """Bias (E,) that evens top-k load on ``scores`` (S, E)."""
     S, E = scores.shape
     scale = scores.std().clamp_min(1e-6)

@@ -34,10 +34,34 @@ class RouterContext:
     num_experts_per_tok: int
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    activation: str = "silu"  # the FFN's activation (routers built from neuron rows need it)
 
     @property
     def num_experts(self) -> int:
         return self.experts.shape[0]
+
+    def expert_outputs(self, e: int) -> torch.Tensor:
+        """(S, d) routed expert ``e``'s true output on each sampled token."""
+        idx = self.experts[e]
+        return self.h[:, idx] @ self.down[:, idx].t()
+
+    def expert_gain(self) -> torch.Tensor:
+        """(S, E) drop in squared reconstruction error from adding each expert to the shared output.
+
+        With r the part of the dense output not produced by the shared expert and y_e expert e's
+        output, the gain is ‖r‖² − ‖r − y_e‖² = 2⟨r, y_e⟩ − ‖y_e‖²: unlike ‖y_e‖ it credits only
+        the part of an expert's output that the token actually needs.
+        """
+        r = self.h @ self.down.t()  # (S, d) dense output without bias
+        if self.shared.numel():
+            r = r - self.h[:, self.shared] @ self.down[:, self.shared].t()
+        E, m = self.experts.shape
+        he = self.h[:, self.experts]  # (S, E, m)
+        cross = (he * (r @ self.down)[:, self.experts]).sum(-1)  # (S, E) ⟨r, y_e⟩
+        w = self.down[:, self.experts].permute(1, 0, 2)  # (E, d, m)
+        grams = w.transpose(1, 2) @ w  # (E, m, m)
+        sq = ((he.transpose(0, 1) @ grams) * he.transpose(0, 1)).sum(-1).t()  # (S, E) ‖y_e‖²
+        return 2 * cross - sq
 
     def expert_contribution(self) -> torch.Tensor:
         """(S, E) norm of each routed expert's true output on each sampled token."""

@@ -15,7 +15,9 @@ class LinearRouter(Router):
 
     def __init__(self, hidden_size: int, num_experts: int, bias: bool = False) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.zeros(num_experts, hidden_size), requires_grad=False)  # (E, d)
+        self.weight = nn.Parameter(
+            torch.zeros(num_experts, hidden_size), requires_grad=False
+        )  # (E, d)
         self.bias = nn.Parameter(torch.zeros(num_experts), requires_grad=False) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

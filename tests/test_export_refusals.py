@@ -24,7 +24,10 @@ def config_of(family: str, **changes) -> dict:
 
 
 def recipe(export, moe="S2A2E8", **extra) -> Recipe:
-    return Recipe.parse({"model": "tiny", "moe": moe, "export": export, "calibration": {"max_seq_length": 64}, **extra})
+    # A bias-free, unbalanced router unless a test asks for balance (qwen2_moe cannot carry a bias).
+    base = {"model": "tiny", "moe": moe, "export": export, "calibration": {"max_seq_length": 64},
+            "router": {"method": "centroid", "balance": False}}  # fmt: skip
+    return Recipe.parse({**base, **extra})
 
 
 def test_builtin_targets_are_pinned_and_resolve():

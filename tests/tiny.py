@@ -17,19 +17,49 @@ LAYERS = 2
 
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3", "gpt2", "opt", "bert"]
 
-_COMMON = dict(vocab_size=VOCAB, num_hidden_layers=LAYERS, hidden_size=HIDDEN, intermediate_size=D_FF,
-               num_attention_heads=4, max_position_embeddings=512)
+_COMMON = dict(
+    vocab_size=VOCAB,
+    num_hidden_layers=LAYERS,
+    hidden_size=HIDDEN,
+    intermediate_size=D_FF,
+    num_attention_heads=4,
+    max_position_embeddings=512,
+)
 
 CONFIGS: dict[str, dict] = {
     "llama": dict(_COMMON, num_key_value_heads=2),
     "mistral": dict(_COMMON, num_key_value_heads=2, sliding_window=None),
     "qwen2": dict(_COMMON, num_key_value_heads=2),
     "qwen3": dict(_COMMON, num_key_value_heads=2, head_dim=8),
-    "gemma3_text": dict(_COMMON, num_key_value_heads=2, head_dim=8, sliding_window=16, layer_types=["sliding_attention", "full_attention"]),
+    "gemma3_text": dict(
+        _COMMON,
+        num_key_value_heads=2,
+        head_dim=8,
+        sliding_window=16,
+        layer_types=["sliding_attention", "full_attention"],
+    ),
     "phi3": dict(_COMMON, num_key_value_heads=2, pad_token_id=0, bos_token_id=0, eos_token_id=0),
-    "gpt2": dict(vocab_size=VOCAB, n_layer=LAYERS, n_embd=HIDDEN, n_inner=D_FF, n_head=4, n_positions=512, bos_token_id=0, eos_token_id=0),
-    "opt": dict(vocab_size=VOCAB, num_hidden_layers=LAYERS, hidden_size=HIDDEN, ffn_dim=D_FF, num_attention_heads=4,
-                max_position_embeddings=512, word_embed_proj_dim=HIDDEN, enable_bias=True, pad_token_id=1),
+    "gpt2": dict(
+        vocab_size=VOCAB,
+        n_layer=LAYERS,
+        n_embd=HIDDEN,
+        n_inner=D_FF,
+        n_head=4,
+        n_positions=512,
+        bos_token_id=0,
+        eos_token_id=0,
+    ),
+    "opt": dict(
+        vocab_size=VOCAB,
+        num_hidden_layers=LAYERS,
+        hidden_size=HIDDEN,
+        ffn_dim=D_FF,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+        word_embed_proj_dim=HIDDEN,
+        enable_bias=True,
+        pad_token_id=1,
+    ),
     "bert": dict(_COMMON, is_decoder=True, type_vocab_size=1),
 }
 
@@ -38,11 +68,19 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  special_tokens=["<|endoftext|>"], show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=["<|endoftext|>"],
+        show_progress=False,
+    )
     tok.train_from_iterator([embedded_text("calibration")[:200_000]], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                   pad_token="<|endoftext|>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+    )
 
 
 def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:

@@ -1,0 +1,89 @@
+"""Cheap corrections of a carved block, fitted on calibration tokens (pure tensor math).
+
+``refit_down``: once the router's choices are fixed, re-solve the down projections of the shared
+and routed experts by ridge least squares so that shared + selected experts reproduce the dense
+FFN output on the calibration tokens:
+
+    min_W  Σ_t ‖y_t − W (m_t ⊙ h_t)‖² + λ ‖W − W_0‖²
+
+where ``h_t`` are all neuron activations, ``m_t`` masks the neurons of unselected experts and
+``W_0`` is the dense down projection (the ridge pulls towards it, so with no skipped experts the
+solution is ``W_0``). The active neurons thus learn to carry the expected part of the skipped
+ones that correlates with them — the "expected contribution of skipped experts" and per-expert
+output scales, in one closed-form solve. It only changes down-projection weights, so every
+export format can represent it. Cost: one (n × n) Gram matrix per layer; above ``max_joint``
+neurons the solve is block-diagonal (shared expert and each routed expert on their own).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from moecarve.ffn import FFNWeights
+from moecarve.moe import MoEBlock
+
+
+def block_order(block: MoEBlock) -> torch.Tensor:
+    """Dense neuron index of each block neuron: shared first, then experts in order: (n,)."""
+    return torch.cat([block.shared_neurons, block.expert_neurons.reshape(-1)])
+
+
+def active_mask(block: MoEBlock, x: torch.Tensor) -> torch.Tensor:
+    """(T, n) 1 for the neurons each token computes (block order)."""
+    T = x.shape[0]
+    chosen = torch.zeros(T, block.num_experts, dtype=x.dtype)
+    if block.num_experts:
+        chosen.scatter_(1, block.select(block.scores(x)), 1.0)
+    routed = chosen.repeat_interleave(block.expert_size, dim=1)  # (T, E·m)
+    return torch.cat([torch.ones(T, block.shared_size, dtype=x.dtype), routed], dim=1)
+
+
+def groups(block: MoEBlock) -> list[slice]:
+    s, m = block.shared_size, block.expert_size
+    out = [slice(0, s)] if s else []
+    return out + [slice(s + e * m, s + (e + 1) * m) for e in range(block.num_experts)]
+
+
+@torch.no_grad()
+def refit_down(
+    block: MoEBlock,
+    ffn: FFNWeights,
+    inputs: list[torch.Tensor],
+    ridge: float = 0.05,
+    max_joint: int = 8192,
+    targets: list[torch.Tensor] | None = None,
+) -> None:
+    """Refit ``block``'s down projections in place on FFN ``inputs`` (each (T, d)).
+
+    ``targets`` (each (T, d), without the down bias) default to the dense FFN's output on
+    ``inputs``; the carving loop can pass the dense *model's* residual instead (see ``carving``).
+    """
+    order = block_order(block)
+    act = ffn.act_fn()
+    w0 = ffn.down.double()[:, order]  # (d, n)
+    n = order.numel()
+    joint = n <= max_joint
+    gram = torch.zeros(n, n, dtype=torch.float64) if joint else None
+    grams = [torch.zeros(g.stop - g.start, g.stop - g.start, dtype=torch.float64) for g in groups(block)]
+    cross = torch.zeros(n, w0.shape[0], dtype=torch.float64)
+    for j, x in enumerate(inputs):
+        x = x.reshape(-1, x.shape[-1]).float()
+        h = ffn.hidden(x, act)[:, order]  # (T, n); fp32 products, fp64 sums
+        y = h @ w0.T.float() if targets is None else targets[j].reshape(x.shape).float()  # (T, d)
+        hm = h * active_mask(block, x)
+        if joint:
+            gram += (hm.T @ hm).double()
+        else:
+            for g, sl in zip(grams, groups(block)):
+                g += (hm[:, sl].T @ hm[:, sl]).double()
+        cross += (hm.T @ y).double()
+    w = torch.empty_like(w0.T)  # (n, d)
+    blocks = [(slice(0, n), gram)] if joint else list(zip(groups(block), grams))
+    for sl, g in blocks:
+        lam = ridge * g.diagonal().mean().clamp_min(1e-12)
+        eye = torch.eye(g.shape[0], dtype=g.dtype)
+        w[sl] = torch.linalg.solve(g + lam * eye, cross[sl] + lam * w0.T[sl])
+    s, m, E = block.shared_size, block.expert_size, block.num_experts
+    new = w.T.to(block.experts_down.dtype)  # (d, n)
+    block.shared_down.copy_(new[:, :s])
+    block.experts_down.copy_(new[:, s:].reshape(-1, E, m).permute(1, 0, 2))

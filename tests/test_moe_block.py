@@ -1,0 +1,86 @@
+import pytest
+import torch
+
+from moecarve.ffn import FFNWeights
+from moecarve.moe import MoEBlock
+from routers.linear import LinearRouter
+
+pytestmark = pytest.mark.unit
+
+
+def make_block(
+    gated: bool, k: int, E: int = 6, m: int = 4, s: int = 8, d: int = 16, bias: bool = True
+):
+    torch.manual_seed(0)
+    n = s + E * m
+    ffn = FFNWeights(
+        up=torch.randn(n, d),
+        down=torch.randn(d, n),
+        activation="silu" if gated else "gelu",
+        gate=torch.randn(n, d) if gated else None,
+        up_bias=torch.randn(n) if bias else None,
+        gate_bias=torch.randn(n) if bias and gated else None,
+        down_bias=torch.randn(d) if bias else None,
+    )
+    perm = torch.randperm(n)
+    router = LinearRouter(d, E)
+    router.weight.data.normal_()
+    return ffn, MoEBlock.from_ffn(ffn, perm[:s].sort().values, perm[s:].view(E, m), k, router)
+
+
+@pytest.mark.parametrize("gated", [True, False])
+def test_k_equals_e_is_the_dense_ffn(gated):
+    ffn, block = make_block(gated, k=6)
+    x = torch.randn(50, 16)
+    torch.testing.assert_close(block(x), ffn.output(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("gated", [True, False])
+def test_sparse_compute_equals_masked_reference(gated):
+    ffn, block = make_block(gated, k=2)
+    x = torch.randn(3, 17, 16)
+    flat = x.reshape(-1, 16)
+    selected = block.select(block.scores(flat))
+    mask = torch.zeros(flat.shape[0], 6).scatter_(1, selected, 1.0)  # reference only, in the test
+    ref = block.shared_output(flat) + torch.einsum(
+        "te,ted->td", mask, block.all_expert_outputs(flat)
+    )
+    torch.testing.assert_close(block(x), ref.view_as(x), rtol=1e-5, atol=1e-5)
+
+
+def test_only_selected_experts_are_computed(monkeypatch):
+    _, block = make_block(True, k=1)
+    x = torch.randn(5, 16)
+    chosen = set(block.select(block.scores(x)).flatten().tolist())
+    seen: list[tuple[int, int]] = []
+    original = block.expert_output
+    monkeypatch.setattr(
+        block, "expert_output", lambda xs, e: seen.append((e, xs.shape[0])) or original(xs, e)
+    )
+    block(x)
+    assert {e for e, _ in seen} == chosen
+    assert sum(t for _, t in seen) == 5  # each token went through exactly k = 1 expert
+
+
+def test_selection_bias_moves_choices():
+    _, block = make_block(True, k=1)
+    x = torch.randn(40, 16)
+    block.selection_bias[3] = 1e6
+    assert (block.select(block.scores(x)) == 3).all()
+
+
+def test_no_shared_expert_and_bad_k():
+    ffn, _ = make_block(True, k=2)
+    block = MoEBlock.from_ffn(
+        ffn, torch.empty(0, dtype=torch.long), torch.arange(32).view(4, 8), 4, LinearRouter(16, 4)
+    )
+    x = torch.randn(7, 16)
+    torch.testing.assert_close(block(x), ffn.output(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="k <= E"):
+        MoEBlock.from_ffn(
+            ffn,
+            torch.empty(0, dtype=torch.long),
+            torch.arange(32).view(4, 8),
+            5,
+            LinearRouter(16, 4),
+        )

@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import linear_sum_assignment
+
+import clustering
+from clustering.balanced import balanced_assign
+from clustering.base import LayerProfile, PartitionRequest
+
+pytestmark = pytest.mark.unit
+
+
+def random_profile(n: int, d: int = 8, samples: int = 40, seed: int = 0) -> LayerProfile:
+    rng = np.random.default_rng(seed)
+    h = rng.standard_normal((samples, n)) * rng.gamma(1.0, size=n)
+    return LayerProfile(
+        num_tokens=samples,
+        rate=rng.random(n),
+        mean_abs=np.abs(h).mean(0),
+        mean_sq=(h**2).mean(0),
+        down_norm=rng.random(n) + 0.1,
+        sample_h=h.astype(np.float32),
+        sample_x=rng.standard_normal((samples, d)).astype(np.float32),
+        up=rng.standard_normal((n, d)).astype(np.float32),
+        gate=rng.standard_normal((n, d)).astype(np.float32),
+    )
+
+
+layouts = st.tuples(st.integers(1, 12), st.integers(0, 4), st.integers(1, 6)).map(
+    lambda t: (t[0], t[1], t[2])  # (E, S, m)
+)
+
+
+@pytest.mark.parametrize("method", clustering.registry.names())
+@settings(max_examples=15, deadline=None)
+@given(layout=layouts, seed=st.integers(0, 10_000))
+def test_partition_properties(method, layout, seed):
+    E, S, m = layout
+    n = (E + S) * m
+    profile = random_profile(n, seed=seed)
+    request = PartitionRequest(
+        num_shared=S * m, num_experts=E, expert_size=m, num_experts_per_tok=1, seed=seed
+    )
+    part = clustering.registry.get(method)(profile, request)
+    part.validate(n, request)  # covers every neuron once, equal routed sizes
+    flat = np.concatenate([part.shared, part.experts.ravel()])
+    assert np.array_equal(np.sort(flat), np.arange(n))
+    assert part.experts.shape == (E, m)
+    again = clustering.registry.get(method)(profile, request)
+    assert np.array_equal(part.shared, again.shared) and np.array_equal(part.experts, again.experts)
+
+
+def test_validate_rejects_overlap_and_gaps():
+    from clustering.base import Partition
+
+    with pytest.raises(ValueError, match="exactly once"):
+        Partition(shared=np.array([0]), experts=np.array([[0, 1]])).validate(3)
+
+
+@settings(max_examples=25, deadline=None)
+@given(E=st.integers(1, 6), cap=st.integers(1, 5), seed=st.integers(0, 1000))
+def test_balanced_assign_is_balanced_and_near_optimal(E, cap, seed):
+    rng = np.random.default_rng(seed)
+    cost = rng.random((E * cap, E))
+    a = balanced_assign(cost, cap)
+    assert np.array_equal(np.bincount(a, minlength=E), np.full(E, cap))
+    rows, cols = linear_sum_assignment(np.repeat(cost, cap, axis=1))  # exact optimum (small n only)
+    optimum = cost[rows, cols // cap].sum()
+    got = cost[np.arange(E * cap), a].sum()
+    assert got <= optimum * 1.10 + 1e-9
+
+
+def test_balanced_assign_scales_without_n_by_n():
+    rng = np.random.default_rng(0)
+    n, E = 28_672, 224  # Llama-70B-sized FFN, hundreds of experts
+    cost = rng.random((n, E)).astype(np.float32)
+    a = balanced_assign(cost, n // E, iters=50)
+    assert np.array_equal(np.bincount(a, minlength=E), np.full(E, n // E))

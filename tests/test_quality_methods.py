@@ -1,0 +1,97 @@
+"""Carving-quality methods: fitted router, CMoE representative router, down-projection refit."""
+
+import pytest
+import torch
+from conftest import tiny_recipe
+
+import moecarve
+from moecarve.checkpoint import load_pretrained
+from moecarve.corrections import active_mask, block_order, refit_down
+from moecarve.ffn import FFNWeights
+from moecarve.moe import MoEBlock
+from routers.base import RouterContext
+from routers.fitted import build as build_fitted
+from routers.fitted import captured_gain
+from routers.linear import LinearRouter
+
+
+def make_ffn(n: int = 48, d: int = 16, seed: int = 0) -> FFNWeights:
+    g = torch.Generator().manual_seed(seed)
+    return FFNWeights(up=torch.randn(n, d, generator=g), down=torch.randn(d, n, generator=g),
+                      activation="silu", gate=torch.randn(n, d, generator=g))
+
+
+def make_ctx(ffn: FFNWeights, x: torch.Tensor, E: int = 8, s: int = 8, k: int = 2, **options) -> RouterContext:
+    perm = torch.randperm(ffn.num_neurons, generator=torch.Generator().manual_seed(1))
+    return RouterContext(
+        x=x, h=ffn.hidden(x), up=ffn.up, down=ffn.down, gate=ffn.gate, shared=perm[:s].sort().values,
+        experts=perm[s:].view(E, -1), importance=torch.ones(ffn.num_neurons), num_experts_per_tok=k,
+        options=options,
+    )
+
+
+@pytest.mark.unit
+def test_expert_gain_is_the_drop_in_squared_error():
+    ffn = make_ffn()
+    ctx = make_ctx(ffn, torch.randn(30, 16))
+    dense = ctx.h @ ctx.down.t()
+    shared = ctx.h[:, ctx.shared] @ ctx.down[:, ctx.shared].t()
+    e = 3
+    with_e = shared + ctx.expert_outputs(e)
+    want = ((dense - shared) ** 2).sum(1) - ((dense - with_e) ** 2).sum(1)
+    torch.testing.assert_close(ctx.expert_gain()[:, e], want, rtol=2e-3, atol=1e-2)
+
+
+@pytest.mark.unit
+def test_fitted_router_beats_a_random_one_and_respects_budget():
+    ffn = make_ffn()
+    x = torch.randn(2000, 16)
+    ctx = make_ctx(ffn, x, budget_seconds=0.5)
+    gain = ctx.expert_gain()
+    fitted = build_fitted(ctx)
+    rand = LinearRouter(16, 8)
+    rand.weight.data.normal_()
+    with torch.no_grad():
+        assert captured_gain(fitted(x), gain, 2) > captured_gain(rand(x), gain, 2) + 0.1
+    ls_only = build_fitted(make_ctx(ffn, x, budget_seconds=0))
+    assert ls_only.bias is not None and torch.isfinite(ls_only.weight).all()
+
+
+@pytest.mark.unit
+def test_refit_down_never_raises_calibration_error_and_keeps_k_equals_e_exact():
+    ffn = make_ffn()
+    x = torch.randn(500, 16)
+    ctx = make_ctx(ffn, x)
+    router = build_fitted(make_ctx(ffn, x, budget_seconds=0))
+    block = MoEBlock.from_ffn(ffn, ctx.shared, ctx.experts, 2, router)
+    err = lambda: float(((block(x) - ffn.output(x)) ** 2).sum())  # noqa: E731
+    before = err()
+    refit_down(block, ffn, [x[:250], x[250:]], ridge=0.05)
+    assert err() < before
+    mask = active_mask(block, x)
+    assert mask.shape == (500, 48) and (mask.sum(1) == 8 + 2 * 5).all()
+    assert sorted(block_order(block).tolist()) == list(range(48))
+    full = MoEBlock.from_ffn(ffn, ctx.shared, ctx.experts, 8, router)
+    refit_down(full, ffn, [x], ridge=0.05)  # nothing skipped: the solve returns W_0
+    torch.testing.assert_close(full(x), ffn.output(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("partition", "router", "refit"),
+    [("cmoe", "representative", False), ("weight_kmeans", "centroid", False), ("coact", "fitted", True)],
+)
+def test_methods_carve_and_round_trip(partition, router, refit, llama_dir, calib_file, tmp_path):
+    recipe = {
+        **tiny_recipe(llama_dir, calib_file),
+        "partition": {"method": partition},
+        "router": {"method": router, "balance": True, "options": {"budget_seconds": 0.2}},
+        "correction": {"refit_down": refit},
+    }
+    result = moecarve.carve(recipe, tmp_path / "out")
+    ids = torch.randint(3, 300, (2, 40))
+    with torch.no_grad():
+        before = result.model(input_ids=ids).logits
+        after = load_pretrained(tmp_path / "out")(input_ids=ids).logits
+    assert torch.equal(before, after)
+    assert result.evaluation["carved"]["perplexity"] < 1e6
