@@ -107,6 +107,25 @@ def test_glm4_moe_carries_the_selection_bias(carved, tmp_path):
     assert not (tmp_path / "qwen2").exists()
 
 
+def test_default_carve_exports_to_glm4_moe(tiny_dirs, calib, tmp_path):
+    """The carve defaults (fitted linear router with a bias, balance, down refit) export to glm4_moe."""
+    recipe = {**tiny_recipe(tiny_dirs["llama"], calib), "export": "glm4_moe"}
+    result = moecarve.carve(recipe, tmp_path / "out")
+    ref = result.model
+    assert ref.model.layers[0].mlp.router.bias is not None
+    assert max_diff(stock(tmp_path / "out" / "exports" / "glm4_moe"), ref) < TOL
+    with pytest.raises(UnsupportedExportError, match="router.balance"):
+        export(tmp_path / "out", "qwen2_moe", tmp_path / "qwen2")
+
+
+def test_non_linear_router_is_refused(carved, tmp_path):
+    ckpt = carved("llama", router={"method": "representative", "balance": False})
+    for fmt in ("glm4_moe", "qwen2_moe"):
+        with pytest.raises(UnsupportedExportError, match="only 'linear' routers export"):
+            export(ckpt, fmt, tmp_path / fmt)
+        assert not (tmp_path / fmt).exists()
+
+
 def test_glm4_moe_carries_a_router_bias(carved, tmp_path):
     """A biased linear router (a future router method could fit one) maps into e_score_correction_bias."""
     from moecarve.checkpoint import save_checkpoint
