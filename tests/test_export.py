@@ -22,7 +22,7 @@ from moecarve.export import export
 
 pytestmark = pytest.mark.integration
 
-TOL = 2e-3  # max |Δ logit| vs the reference (and vs dense when k = E), fp32, default τ
+TOL = 2e-4  # max |Δ logit| vs the reference (and vs dense when k = E), fp32, default score_scale
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3"]
 PAIRS = [(f, fmt) for f in FAMILIES for fmt in ("glm4_moe", "qwen2_moe") if (f, fmt) != ("qwen3", "qwen2_moe")]
 _CARVED: dict[tuple, Path] = {}
@@ -106,6 +106,25 @@ def test_glm4_moe_carries_the_selection_bias(carved, tmp_path):
     with pytest.raises(UnsupportedExportError, match="router.balance"):
         export(ckpt, "qwen2_moe", tmp_path / "qwen2")
     assert not (tmp_path / "qwen2").exists()
+
+
+def test_default_carve_exports_to_glm4_moe(tiny_dirs, calib, tmp_path):
+    """The carve defaults (fitted linear router with a bias, balance, down refit) export to glm4_moe."""
+    recipe = {**tiny_recipe(tiny_dirs["llama"], calib), "export": "glm4_moe"}
+    result = moecarve.carve(recipe, tmp_path / "out")
+    ref = result.model
+    assert ref.model.layers[0].mlp.router.bias is not None
+    assert max_diff(stock(tmp_path / "out" / "exports" / "glm4_moe"), ref) < TOL
+    with pytest.raises(UnsupportedExportError, match="router.balance"):
+        export(tmp_path / "out", "qwen2_moe", tmp_path / "qwen2")
+
+
+def test_non_linear_router_is_refused(carved, tmp_path):
+    ckpt = carved("llama", router={"method": "representative", "balance": False})
+    for fmt in ("glm4_moe", "qwen2_moe"):
+        with pytest.raises(UnsupportedExportError, match="only 'linear' routers export"):
+            export(ckpt, fmt, tmp_path / fmt)
+        assert not (tmp_path / fmt).exists()
 
 
 def test_glm4_moe_carries_a_router_bias(carved, tmp_path):

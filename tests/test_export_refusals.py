@@ -82,6 +82,20 @@ def test_qwen2_moe_refuses_load_balancing_glm4_carries_it():
     plan(recipe("qwen2_moe", moe="S2A6E8", **balanced), config_of("llama"))  # k = E: no bias is fitted
 
 
+def test_router_methods_checked_at_plan_time():
+    fitted = {"router": {"method": "fitted", "balance": False}}
+    with pytest.raises(UnsupportedExportError, match="bias-free router"):
+        plan(recipe("qwen2_moe", **fitted), config_of("llama"))
+    plan(recipe("glm4_moe", **fitted), config_of("llama"))
+    representative = {"router": {"method": "representative", "balance": False}}
+    for fmt in ("glm4_moe", "qwen2_moe"):
+        with pytest.raises(UnsupportedExportError, match="only 'linear' routers export"):
+            plan(recipe(fmt, **representative), config_of("llama"))
+    with pytest.raises(UnsupportedExportError, match="router.balance"):  # the carve defaults
+        defaults = {"model": "tiny", "moe": "S2A2E8", "export": "qwen2_moe", "calibration": {"max_seq_length": 64}}
+        plan(Recipe.parse(defaults), config_of("llama"))
+
+
 def test_dense_layers_glm4_only_leading_qwen2_moe_anywhere():
     config = config_of("llama", num_hidden_layers=4)
     leading = recipe("glm4_moe", overrides=[{"layers": [0, 1], "dense": True}])

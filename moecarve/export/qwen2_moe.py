@@ -34,9 +34,10 @@ SHARED_GATE_FOLD = 2.0  # 1 / sigmoid(0)
 
 def _no_selection_bias(target: str, where: str) -> UnsupportedExportError:
     return UnsupportedExportError(
-        f"{target}: {where} selects experts with a bias (router bias or router.balance), but Qwen2MoeTopKRouter has "
-        "no bias of any kind, so the export would pick different experts; export to glm4_moe "
-        "(e_score_correction_bias carries it), or carve with router.balance: false"
+        f"{target}: {where} selects experts with a bias (router.balance, or a router with a bias such as 'fitted'), "
+        "but Qwen2MoeTopKRouter has no bias of any kind, so the export would pick different experts; export to "
+        "glm4_moe (e_score_correction_bias carries it), or carve with a bias-free router: "
+        "router: {method: centroid, balance: false}"
     )
 
 

@@ -144,24 +144,24 @@ def export(
     config, layers = read_checkpoint_config(src)
     target.check(config, layers)  # from config.json alone, before any weights load
     prepare_output_dir(out, overwrite)
+    request = ExportRequest(checkpoint_dir=src, config=config, layers=layers)
+    metadata: dict[str, Any] = {
+        "format": format,
+        "source_checkpoint": str(src.resolve()),
+        "moecarve_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     if not target.native:
-        meta = {"format": format, "source_checkpoint": str(src.resolve()), "moecarve_version": __version__}
-        request = ExportRequest(checkpoint_dir=src, config=config, layers=layers)
-        atomic_write_dir(out, lambda tmp: _write_reference(target, request, tmp, meta), overwrite)
-        return ExportResult(format, out, meta)
+        atomic_write_dir(out, lambda tmp: _write_reference(target, request, tmp, metadata), overwrite)
+        return ExportResult(format, out, metadata)
 
-    protocol = (protocol or recipe_protocol(src)) if verify else None
     stage = f"export {format}"
     progress(ProgressEvent(stage, 0, 3, f"loading {src}"))
-    from transformers import AutoTokenizer
-
-    request = ExportRequest(
-        checkpoint_dir=src, config=config, layers=layers, model=load_pretrained(src),
-        tokenizer=AutoTokenizer.from_pretrained(src), dtype=stored_dtype(src),
-    )
+    _load_reference(request)
+    target.check(config, layers, selection_bias=_selects_with_bias(request))
     temperature = _temperatures(request, score_scale, tau)
+    protocol = (protocol or recipe_protocol(src)) if verify else None
     rows = eval_rows(request.tokenizer, protocol) if protocol is not None else None
-    metadata: dict[str, Any] = {}
 
     def write(tmp: Path) -> None:
         progress(ProgressEvent(stage, 1, 3, f"writing {format}"))
@@ -171,20 +171,31 @@ def export(
             if (src / name).is_file():
                 shutil.copy2(src / name, tmp / name)
         progress(ProgressEvent(stage, 2, 3, "loading back with stock transformers"))
-        metadata.update(
-            format=format,
-            source_checkpoint=str(src.resolve()),
-            moecarve_version=__version__,
-            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            conversion={**conversion, "temperature": temperature},
-            **_verify(request, tmp, rows, progress, f"fidelity {format}"),
-        )
+        metadata["conversion"] = {**conversion, "temperature": temperature}
+        metadata.update(_verify(request, tmp, rows, progress, f"fidelity {format}"))
         write_json(tmp / "export.json", metadata)
         (tmp / "README.md").write_text(export_card(src, target, metadata))
 
     atomic_write_dir(out, write, overwrite)
     progress(ProgressEvent(stage, 3, 3, f"wrote {out}"))
     return ExportResult(format, out, metadata)
+
+
+def _load_reference(request: ExportRequest) -> None:
+    from transformers import AutoTokenizer
+
+    request.model = load_pretrained(request.checkpoint_dir)
+    request.tokenizer = AutoTokenizer.from_pretrained(request.checkpoint_dir)
+    request.dtype = stored_dtype(request.checkpoint_dir)
+
+
+def _selects_with_bias(request: ExportRequest) -> bool:
+    """Whether any layer selects with an offset (load-balancing bias or a router bias)."""
+    for block in request.blocks().values():
+        bias = getattr(block.router, "bias", None)
+        if block.selection_bias.abs().max() > 0 or (bias is not None and bias.abs().max() > 0):
+            return True
+    return False
 
 
 def _temperatures(request: ExportRequest, score_scale: float, tau: float | None) -> dict[str, Any]:
