@@ -26,8 +26,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import Bench  # noqa: E402
-from bench.pydocs import python_docs_text  # noqa: E402
-from moecarve.calibration import read_text  # noqa: E402
+from bench.pydocs import (  # noqa: E402
+    python_docs_calibration_text,
+    python_docs_text,
+    python_source_calibration_text,
+)
+from moecarve.calibration import read_text, tokenize, windows  # noqa: E402
 
 # CMoE's layouts and its own code's training-free numbers on this machine (PRIOR_ART.md).
 CMOE_LAYOUT = {0.75: "S3A3E8", 0.5: "S1A3E8", 0.25: "S2A2E16"}
@@ -104,6 +108,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, default=3, help="seeds of the default at 25 %%")
     ap.add_argument("--configs", nargs="+", help="explicit runs as METHOD@FRACTION#SEED (overrides the grid)")
     ap.add_argument("--merge", nargs="+", type=Path, help="only merge these result files into --out and print the table")
+    ap.add_argument(
+        "--calibration", choices=["austen", "mixed"], default="austen",
+        help="austen = the protocol's 8 windows; mixed = 4 of them + 2 pydoc + 2 stdlib-source windows "
+        "(modules disjoint from the pydocs held-out set); mixed runs are keyed METHOD@F#SEED+mixed",
+    )
     ap.add_argument("--out", type=Path, default=Path("bench/results/quality.json"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -123,6 +132,16 @@ def main(argv: list[str] | None = None) -> None:
         return
     results["protocol"] = {"calibration": "8 x 2048, seed 0", "austen_windows": args.windows, "pydocs_windows": args.doc_windows}
     bench = Bench()
+    suffix = ""
+    if args.calibration == "mixed":
+        suffix = "+mixed"
+        tok = bench.tokenizer
+        parts = [
+            windows(tokenize(tok, read_text(None, default="calibration")), bench.window, 4, shuffle=True, seed=0),
+            windows(tokenize(tok, python_docs_calibration_text()), bench.window, 2, shuffle=True, seed=0),
+            windows(tokenize(tok, python_source_calibration_text()), bench.window, 2, shuffle=True, seed=0),
+        ]
+        bench.cal_rows = torch.cat(parts)
     bench.add_eval("austen", read_text(None, default="heldout"), args.windows)
     evals = ["austen"]
     if args.doc_windows:
@@ -133,13 +152,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.configs:
         grid = [(c.split("@")[0], float(c.split("@")[1].split("#")[0]), int(c.split("#")[1])) for c in args.configs]
     for method, fraction, seed in grid:
-        key = f"{method}@{fraction}#{seed}"
+        key = f"{method}@{fraction}#{seed}{suffix}"
         if key in results["runs"]:
             continue
         names = [e for e in evals if e == "austen" or (method in args.doc_methods and seed == 0)]
         start = time.perf_counter()
         run = bench.carve(recipe_for(method, fraction, seed), names)
-        run.update(method=method, fraction=fraction, seed=seed, recipe=recipe_for(method, fraction, seed))
+        run.update(method=method + suffix, fraction=fraction, seed=seed, recipe=recipe_for(method, fraction, seed), calibration=args.calibration)
         run["wall_seconds"] = round(time.perf_counter() - start, 1)
         results["runs"][key] = run
         args.out.parent.mkdir(parents=True, exist_ok=True)
