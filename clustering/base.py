@@ -26,6 +26,7 @@ class LayerProfile:
     up: np.ndarray  # (n, d) up / fc1 rows
     gate: np.ndarray | None = None  # (n, d) gate rows of gated FFNs
     marker_top_k: int = 10
+    activation: str = "silu"  # the FFN's activation function (ACT2FN name)
 
     @property
     def importance(self) -> np.ndarray:

@@ -69,6 +69,7 @@ class NeuronStats:
             up=f.up.float().numpy(),
             gate=None if f.gate is None else f.gate.float().numpy(),
             marker_top_k=self.marker_top_k,
+            activation=f.activation,
         )
 
 
