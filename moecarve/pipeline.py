@@ -80,6 +80,7 @@ def carve(
 
     progress(ProgressEvent("load", 0, 1, f"loading {recipe.model}"))
     model, tokenizer = load_model(recipe.model, "float32")
+    progress(ProgressEvent("load", 1, 1, f"loaded {recipe.model}"))
     rows = windows(
         tokenize(tokenizer, cal_text),
         cal.max_seq_length,
