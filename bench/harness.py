@@ -52,7 +52,7 @@ class Bench:
         self.model, self.tokenizer = load_model(self.model_name, "float32")
         self.config = load_config(self.model_name)
         self.pristine = copy.deepcopy(self.model)
-        ids = tokenize(self.tokenizer, read_text(None, default="calibration"))
+        ids = tokenize(self.tokenizer, read_text(None, default="austen"))  # the Austen protocol
         self.cal_rows = windows(ids, self.window, self.cal_windows, shuffle=True, seed=0)
 
     def add_eval(self, name: str, text: str, max_windows: int) -> torch.Tensor:

@@ -20,14 +20,19 @@ log = logging.getLogger(__name__)
 TEXT_SUFFIXES = {".txt", ".md", ".text"}
 SUPPORTED_SUFFIXES = TEXT_SUFFIXES | {".jsonl", ".parquet"}
 EMBEDDED = {
-    "calibration": "austen_calibration.txt.gz",
+    "mixed": "mixed_calibration.txt.gz",
+    "austen": "austen_calibration.txt.gz",
     "heldout": "austen_heldout.txt.gz",
 }
+DEFAULT_CALIBRATION = "mixed"
 
 
 def embedded_text(which: str) -> str:
-    """The embedded corpora: 'calibration' (four Austen novels) or 'heldout' (two others)."""
-    data = importlib.resources.files("moecarve.data").joinpath(EMBEDDED[which]).read_bytes()
+    """An embedded corpus: 'mixed' (= 'calibration', the default: Austen prose + Python docs +
+    Python source), 'austen' (the Austen protocol's four calibration novels) or 'heldout'
+    (Persuasion + Northanger Abbey, never used for calibration)."""
+    name = DEFAULT_CALIBRATION if which == "calibration" else which
+    data = importlib.resources.files("moecarve.data").joinpath(EMBEDDED[name]).read_bytes()
     return gzip.decompress(data).decode("utf-8")
 
 

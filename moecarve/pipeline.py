@@ -71,7 +71,7 @@ def carve(
     the_plan = plan(recipe, config)
     prepare_output_dir(out, overwrite)
     cal = recipe.calibration
-    cal_text = read_text(cal.path, cal.text_column, default="calibration")
+    cal_text = read_text(cal.path, cal.text_column, default=cal.corpus)
     protocol = _eval_protocol(recipe)
     if recipe.evaluation.enabled:
         read_text(

@@ -161,7 +161,12 @@ class CalibrationSpec(_Strict):
     path: str | list[str] | None = Field(
         None,
         description="Text file(s) or directory (.txt/.jsonl/.parquet), joined with a blank line; "
-        "omit for the embedded default corpus.",
+        "omit for the embedded corpus named by `corpus`.",
+    )
+    corpus: Literal["mixed", "austen"] = Field(
+        "mixed",
+        description="Embedded corpus used when `path` is omitted: 'mixed' = Austen prose + Python docs + Python "
+        "source (about 56/22/22 % of tokens); 'austen' = the Austen protocol's four novels (DESIGN.md §5).",
     )
     text_column: str = Field(
         "text", description="Column / key holding text in .jsonl and .parquet files."

@@ -35,3 +35,21 @@ def test_real_carve_small_budget(tmp_path):
     assert 5 < dense < 100  # a real pretrained model on English prose
     assert dense < carved < 49152  # better than a uniform guess over the vocabulary
     assert load_config(str(tmp_path / "smol"))["moecarve"]["layers"]["29"]["num_experts"] == 14
+
+
+def test_austen_corpus_windows_follow_the_protocol_offsets():
+    """DESIGN.md §5: SmolLM2's tokenizer + the seed-0 randperm rule pick these 8 chunk offsets."""
+    from transformers import AutoTokenizer
+
+    from moecarve.calibration import embedded_text, tokenize, windows
+    from moecarve.sources import resolve_local
+
+    tok = AutoTokenizer.from_pretrained(resolve_local("smollm2-135m"))
+    ids = tokenize(tok, embedded_text("austen"))
+    rows = windows(ids, 2048, 8, shuffle=True, seed=0)
+    offsets = [192512, 622592, 634880, 665600, 651264, 311296, 96256, 675840]
+    for row, start in zip(rows, offsets, strict=True):
+        assert row.equal(ids[start : start + 2048])
+    mixed = tokenize(tok, embedded_text("calibration"))
+    assert embedded_text("calibration") == embedded_text("mixed")
+    assert 0.5 < ids.numel() / mixed.numel() < 0.62  # prose about half of the default corpus

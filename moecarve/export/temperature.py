@@ -29,14 +29,14 @@ SCALE_TOKENS = 512  # one window of calibration text is plenty for a standard de
 
 def calibration_window(checkpoint_dir: Path, tokenizer: Any, max_positions: int | None) -> torch.Tensor:
     """One window of the carve's calibration text (the embedded corpus if it cannot be read here)."""
-    path, column = None, "text"
+    path, column, corpus = None, "text", "calibration"
     if (checkpoint_dir / "recipe.yaml").is_file():
         from moecarve.recipe import Recipe
 
         cal = Recipe.from_yaml(checkpoint_dir / "recipe.yaml").calibration
-        path, column = cal.path, cal.text_column
+        path, column, corpus = cal.path, cal.text_column, cal.corpus
     try:
-        text = read_text(path, column, default="calibration")
+        text = read_text(path, column, default=corpus)
     except CalibrationError as e:
         log.warning("calibration text unreadable here (%s); measuring router scales on the embedded corpus", e)
         text = read_text(None, "text", default="calibration")
