@@ -24,12 +24,12 @@ EMBEDDED = {
     "austen": "austen_calibration.txt.gz",
     "heldout": "austen_heldout.txt.gz",
 }
-DEFAULT_CALIBRATION = "mixed"
+DEFAULT_CALIBRATION = "austen"
 
 
 def embedded_text(which: str) -> str:
-    """An embedded corpus: 'mixed' (= 'calibration', the default: Austen prose + Python docs +
-    Python source), 'austen' (the Austen protocol's four calibration novels) or 'heldout'
+    """An embedded corpus: 'austen' (= 'calibration', the default: the Austen protocol's four
+    calibration novels), 'mixed' (those + Python docs + Python source) or 'heldout'
     (Persuasion + Northanger Abbey, never used for calibration)."""
     name = DEFAULT_CALIBRATION if which == "calibration" else which
     data = importlib.resources.files("moecarve.data").joinpath(EMBEDDED[name]).read_bytes()
