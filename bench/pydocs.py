@@ -17,12 +17,17 @@ MODULES = (
 )
 
 
-def python_docs_text() -> str:
-    """Plain-text pydoc pages of ``MODULES`` joined with a blank line."""
-    pages = [pydoc.render_doc(importlib.import_module(m), renderer=pydoc.plaintext) for m in MODULES]
+def pydoc_pages(modules: tuple[str, ...]) -> str:
+    """Plain-text pydoc pages of ``modules`` joined with a blank line."""
+    pages = [pydoc.render_doc(importlib.import_module(m), renderer=pydoc.plaintext) for m in modules]
     # reprs of default values carry memory addresses ("<object at 0x7f…>"): drop them so the
     # text, and hence the scored tokens, are identical from one process to the next
     return re.sub(r" at 0x[0-9a-f]+", "", "\n\n".join(pages))
+
+
+def python_docs_text() -> str:
+    """The held-out pydoc text: pages of ``MODULES``."""
+    return pydoc_pages(MODULES)
 
 
 # Disjoint from MODULES (the held-out set): calibration text for the mixed-domain experiment.
@@ -35,8 +40,7 @@ CALIBRATION_MODULES = (
 
 def python_docs_calibration_text() -> str:
     """pydoc pages of ``CALIBRATION_MODULES`` (no module shared with the held-out ``MODULES``)."""
-    pages = [pydoc.render_doc(importlib.import_module(m), renderer=pydoc.plaintext) for m in CALIBRATION_MODULES]
-    return re.sub(r" at 0x[0-9a-f]+", "", "\n\n".join(pages))
+    return pydoc_pages(CALIBRATION_MODULES)
 
 
 def python_source_calibration_text() -> str:

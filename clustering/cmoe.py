@@ -56,12 +56,13 @@ def markers(scores: torch.Tensor, fraction: float = MARKER_FRACTION) -> np.ndarr
 
 def balanced_marker_kmeans(marks: np.ndarray, centres: np.ndarray, capacity: int, rounds: int) -> np.ndarray:
     """(r,) cluster of each column of ``marks`` (S, r), starting from columns ``centres`` (E,)."""
+    marks_t = marks.T.astype(np.float64)  # (r, S), converted once for every round's products
     C = marks[:, centres].astype(np.float64)  # (S, E) centre marker vectors
-    count = marks.sum(axis=0, dtype=np.float64)  # (r,)
+    count = marks_t.sum(axis=1)  # (r,)
     prev = None
     assign = np.zeros(marks.shape[1], dtype=np.int64)
     for _ in range(max(1, rounds)):
-        cost = count[:, None] + C.sum(axis=0)[None, :] - 2.0 * (marks.T.astype(np.float64) @ C)  # (r, E)
+        cost = count[:, None] + C.sum(axis=0)[None, :] - 2.0 * (marks_t @ C)  # (r, E)
         assign = balanced_assign(cost, capacity)
         total = float(cost[np.arange(cost.shape[0]), assign].sum())
         C = np.stack([marks[:, assign == e].mean(axis=1) for e in range(C.shape[1])], axis=1)
