@@ -22,7 +22,7 @@ import clustering
 import routers
 from clustering.base import LayerProfile, PartitionRequest
 from moecarve.architectures import ArchSpec
-from moecarve.corrections import refit_down
+from moecarve.corrections import block_order, refit_down
 from moecarve.errors import CancelledError
 from moecarve.ffn import FFNWeights, extract_ffn, set_submodule, submodule
 from moecarve.moe import MoEBlock
@@ -36,6 +36,10 @@ from routers.balance import fit_selection_bias
 from routers.base import RouterContext
 
 log = logging.getLogger(__name__)
+
+# The refit reuses the dense activations the profiling pass computed when one layer's worth for
+# all calibration tokens fits in this many bytes (SmolLM2: 100 MB); above it they are recomputed.
+KEEP_ACTIVATIONS_BYTES = 2 << 30
 
 
 @dataclass
@@ -126,19 +130,23 @@ def carve_model(
             continue
         ffn = extract_ffn(layer, arch, activation)
         stats = NeuronStats(ffn, recipe.profile.marker_top_k, recipe.profile.sample_tokens, recipe.seed + i)
-        ffn_io: list[tuple[torch.Tensor, torch.Tensor]] = []
-        refit = recipe.correction.refit_down
-        tap = _profile_tap(stats, ffn_io if additive or refit else None)
+        ffn_io: list[FFNCall] = []
+        refit = recipe.correction.refit_down and lp.num_experts_per_tok < lp.num_experts
+        keep_h = refit and windows.numel() * ffn.num_neurons * 4 <= KEEP_ACTIVATIONS_BYTES
+        tap = _profile_tap(stats, ffn_io if additive or refit else None, keep_h)
         with ffn_taps(submodule(layer, arch.replace), submodule(layer, arch.down), tap):
             dense_out = [run_layer(layer, h, c) for h, c in zip(state.hidden, calls, strict=True)]
         profile = stats.finalize()
         block = build_block(ffn, profile, lp, recipe, i)
-        if refit and lp.num_experts_per_tok < lp.num_experts:
-            targets = None
+        if refit:
+            bias = 0 if ffn.down_bias is None else ffn.down_bias
+            targets = [c.y - bias for c in ffn_io]  # the dense FFN's output, already computed
             if reference_out is not None:  # FFN output that puts the carved residual on the dense one
-                bias = 0 if ffn.down_bias is None else ffn.down_bias
-                targets = [y - bias + r - o for (_, y), r, o in zip(ffn_io, reference_out, dense_out, strict=True)]
-            refit_down(block, ffn, [x for x, _ in ffn_io], recipe.correction.ridge, targets=targets)
+                targets = [t + r - o for t, r, o in zip(targets, reference_out, dense_out, strict=True)]
+            activations = [c.h for c in ffn_io] if keep_h else None
+            refit_down(block, ffn, [c.x for c in ffn_io], recipe.correction.ridge, targets=targets, activations=activations)
+        for c in ffn_io:
+            c.h = None  # free before the carved forward
         reference = reference_out
         install_block(layer, arch, block)
         outcome.blocks[i] = block
@@ -149,7 +157,7 @@ def carve_model(
         }
         outcome.calibration_stats[i] = sample_routing_stats(block, profile)
         if additive:  # carved output = dense output − dense FFN output + MoE output
-            state.hidden = [o - y + block(x) for o, (x, y) in zip(dense_out, ffn_io, strict=True)]
+            state.hidden = [o - c.y + block(c.x) for o, c in zip(dense_out, ffn_io, strict=True)]
         else:
             state.hidden = [run_layer(layer, h, c) for h, c in zip(state.hidden, calls, strict=True)]
         outcome.layer_seconds[i] = time.perf_counter() - start
@@ -158,15 +166,24 @@ def carve_model(
     return outcome
 
 
+@dataclass
+class FFNCall:
+    """One calibration window's pass through the dense FFN: input, activations (optional), output."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    h: torch.Tensor | None = None
+
+
 def _profile_tap(
-    stats: NeuronStats, ffn_io: list[tuple[torch.Tensor, torch.Tensor]] | None
+    stats: NeuronStats, ffn_io: list[FFNCall] | None, keep_h: bool = False
 ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]:
-    """FFN tap: stream (x, h) into ``stats``; keep (x, y) pairs in ``ffn_io`` when given."""
+    """FFN tap: stream (x, h) into ``stats``; keep (x, y[, h]) in ``ffn_io`` when given."""
 
     def tap(x: torch.Tensor, h: torch.Tensor, y: torch.Tensor) -> None:
         stats.update(x, h)
         if ffn_io is not None:
-            ffn_io.append((x, y))
+            ffn_io.append(FFNCall(x, y, h if keep_h else None))
 
     return tap
 
@@ -180,9 +197,10 @@ def _model_target(recipe: Recipe, additive: bool) -> bool:
 
 def sample_routing_stats(block: MoEBlock, profile: LayerProfile) -> dict[str, Any]:
     """Routing statistics of the new block on the profile's uniform sample of calibration tokens."""
-    block.recorder = recorder = RoutingRecorder(block.num_experts)  # type: ignore[assignment]
-    try:
-        block(torch.from_numpy(profile.sample_x).to(block.experts_up.dtype))
-    finally:
-        block.recorder = None
+    recorder = RoutingRecorder(block.num_experts)
+    if block.num_experts:
+        x = torch.from_numpy(profile.sample_x).to(block.experts_up.dtype)
+        scores = block.scores(x)
+        h = torch.from_numpy(profile.sample_h)[:, block_order(block)]  # profiled: not recomputed
+        recorder(block, x, scores, block.select(scores), h=h)
     return recorder.summary()

@@ -48,6 +48,9 @@ class NeuronStats:
 
     def _reservoir(self, x: torch.Tensor, h: torch.Tensor) -> None:
         keys = torch.rand(x.shape[0], generator=self.generator)
+        if self.keys.numel() >= self.sample_tokens:  # full: only keys below the largest kept can enter
+            enter = keys < self.keys.max()
+            keys, x, h = keys[enter], x[enter], h[enter]
         keys = torch.cat([self.keys, keys])
         keep = torch.argsort(keys)[: self.sample_tokens]
         self.keys = keys[keep]

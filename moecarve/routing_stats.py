@@ -33,8 +33,15 @@ class RoutingRecorder:
 
     @torch.no_grad()
     def __call__(
-        self, block: MoEBlock, x: torch.Tensor, scores: torch.Tensor, selected: torch.Tensor
+        self,
+        block: MoEBlock,
+        x: torch.Tensor,
+        scores: torch.Tensor,
+        selected: torch.Tensor,
+        h: torch.Tensor | None = None,
     ) -> None:
+        """Record one batch; ``h`` (T, n, block order) are every neuron's activations on ``x``
+        when the caller already has them (the carving loop does), else they are recomputed."""
         x = x.float()
         T, E = x.shape[0], block.num_experts
         onehot = torch.zeros(T, E, dtype=torch.float64).scatter_(1, selected, 1.0)
@@ -45,8 +52,9 @@ class RoutingRecorder:
         self.router_entropy += float(-(logp.exp() * logp).sum())
 
         # every neuron's activation at once (block order: shared, then experts): diagnostics only
-        up, ub, gate, gb, down = _all_neurons(block)
-        h = block._hidden(x, up, ub, gate, gb)  # (T, n)
+        up, ub, gate, gb, down = _all_neurons(block, with_inputs=h is None)
+        if h is None:
+            h = block._hidden(x, up, ub, gate, gb)  # (T, n)
         s = block.shared_size
         mask = torch.cat([torch.ones(T, s), onehot.float().repeat_interleave(block.expert_size, dim=1)], dim=1)
         bias = 0.0 if block.down_bias is None else block.down_bias.double()
@@ -88,11 +96,12 @@ class RoutingRecorder:
         }
 
 
-def _all_neurons(block: MoEBlock) -> tuple[Any, ...]:
-    """Shared and routed weights concatenated in block order: (n, d) up / gate, (d, n) down."""
+def _all_neurons(block: MoEBlock, with_inputs: bool = True) -> tuple[Any, ...]:
+    """Shared and routed weights concatenated in block order: (n, d) up / gate, (d, n) down
+    (only the down projection unless ``with_inputs``)."""
 
     def cat(shared: torch.Tensor | None, experts: torch.Tensor | None) -> torch.Tensor | None:
-        if shared is None or experts is None:
+        if not with_inputs or shared is None or experts is None:
             return None
         return torch.cat([shared, experts.reshape(-1, *experts.shape[2:])]).float()
 

@@ -9,8 +9,13 @@ from __future__ import annotations
 import torch
 
 
-def fit_selection_bias(scores: torch.Tensor, k: int, iters: int = 100, rate: float = 0.3) -> torch.Tensor:
-    """Bias (E,) that evens top-k load on ``scores`` (S, E)."""
+def fit_selection_bias(scores: torch.Tensor, k: int, iters: int = 30, rate: float = 0.3) -> torch.Tensor:
+    """Bias (E,) that evens top-k load on ``scores`` (S, E).
+
+    30 iterations: on SmolLM2 layers 3 / 15 / 27 at S24A8E128 the load CV over all 16k calibration
+    tokens was 0.044 / 0.049 / 0.060 after 30, 0.042 / 0.049 / 0.058 after 100 (each a top-k over
+    the sample, the costliest step of building a block).
+    """
     S, E = scores.shape
     scale = scores.std().clamp_min(1e-6)
     bias = torch.zeros(E, dtype=scores.dtype)

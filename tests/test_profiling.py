@@ -41,3 +41,17 @@ def test_streaming_stats_match_direct_computation_and_memory_is_bounded():
         rtol=1e-6,
         atol=1e-6,
     )
+
+
+def test_reservoir_keeps_the_tokens_with_the_smallest_keys():
+    """The sample is exactly the S tokens with the smallest random keys, however the stream is chunked."""
+    torch.manual_seed(0)
+    ffn = FFNWeights(up=torch.randn(12, 6), down=torch.randn(6, 12), activation="gelu")
+    xs = [torch.randn(n, 6) for n in (30, 7, 64, 1, 40, 25)]
+    stats = NeuronStats(ffn, sample_tokens=20, seed=3)
+    for x in xs:
+        stats.update(x)
+    gen = torch.Generator().manual_seed(3)
+    keys = torch.cat([torch.rand(x.shape[0], generator=gen) for x in xs])
+    want = torch.cat(xs)[torch.argsort(keys)[:20]]
+    torch.testing.assert_close(torch.from_numpy(stats.finalize().sample_x), want, rtol=0, atol=0)

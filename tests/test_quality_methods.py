@@ -6,7 +6,7 @@ from conftest import tiny_recipe
 
 import moecarve
 from moecarve.checkpoint import load_pretrained
-from moecarve.corrections import active_mask, block_order, refit_down
+from moecarve.corrections import active_mask, block_order, gram_upper, refit_down, symmetric
 from moecarve.ffn import FFNWeights
 from moecarve.moe import MoEBlock
 from routers.base import RouterContext
@@ -74,6 +74,34 @@ def test_refit_down_never_raises_calibration_error_and_keeps_k_equals_e_exact():
     full = MoEBlock.from_ffn(ffn, ctx.shared, ctx.experts, 8, router)
     refit_down(full, ffn, [x], ridge=0.05)  # nothing skipped: the solve returns W_0
     torch.testing.assert_close(full(x), ffn.output(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gram_from_one_triangle_equals_the_full_product(dtype):
+    a = torch.randn(300, 37, dtype=dtype)
+    upper = gram_upper(a)
+    assert torch.equal(upper, upper.triu())
+    torch.testing.assert_close(symmetric(upper), (a.T @ a).double(), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("max_joint", [8192, 10])  # joint solve and block-diagonal solve
+def test_refit_down_with_kept_activations_and_targets_equals_recomputing_them(max_joint):
+    """The carving loop hands over the dense pass's activations and outputs instead of recomputing."""
+    ffn = make_ffn()
+    x = torch.randn(400, 16)
+    ctx = make_ctx(ffn, x)
+    router = build_fitted(make_ctx(ffn, x, budget_seconds=0))
+    a = MoEBlock.from_ffn(ffn, ctx.shared, ctx.experts, 2, router)
+    b = MoEBlock.from_ffn(ffn, ctx.shared, ctx.experts, 2, router)
+    chunks = [x[:150], x[150:]]
+    refit_down(a, ffn, chunks, ridge=0.05, max_joint=max_joint)
+    refit_down(b, ffn, chunks, ridge=0.05, max_joint=max_joint,
+               targets=[ffn.output(c) for c in chunks], activations=[ffn.hidden(c) for c in chunks])
+    assert not torch.equal(a.experts_down, MoEBlock.from_ffn(ffn, ctx.shared, ctx.experts, 2, router).experts_down)
+    torch.testing.assert_close(a.experts_down, b.experts_down, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a.shared_down, b.shared_down, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.integration

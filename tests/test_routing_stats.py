@@ -35,3 +35,20 @@ def test_recorder_matches_direct_computation(gated, k):
     assert s["shared_output_share"] == pytest.approx(float(shared.norm(dim=1).sum() / norms), rel=1e-4)
     if k == 6:
         assert s["reconstruction_error"] < 1e-10 and s["recall"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("gated", [True, False])
+def test_recorder_given_activations_equals_recomputing_them(gated):
+    """The carving loop passes the profiled activations (block order) instead of recomputing."""
+    from moecarve.corrections import block_order
+
+    ffn, block = make_block(gated, k=2)
+    x = torch.randn(40, 16)
+    scores = block.scores(x)
+    selected = block.select(scores)
+    a, b = RoutingRecorder(block.num_experts), RoutingRecorder(block.num_experts)
+    a(block, x, scores, selected)
+    b(block, x, scores, selected, h=ffn.hidden(x, ffn.act_fn())[:, block_order(block)])
+    sa, sb = a.summary(), b.summary()
+    for key in ("reconstruction_error", "recall", "shared_output_share", "load_cv", "router_entropy"):
+        assert sb[key] == pytest.approx(sa[key], rel=1e-4, abs=1e-9), key
