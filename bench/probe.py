@@ -37,3 +37,59 @@ def probe_layer(ffn: FFNWeights, cal: torch.Tensor, held: torch.Tensor, recipe: 
     err = float(((block(held) - y) ** 2).sum() / (y**2).sum())
     sel = block.select(block.scores(held))
     return {"err": err, "cv": load_cv(sel, block.num_experts), "seconds": seconds}
+
+
+def capture_ffn_inputs(model: Any, layers: list[int], rows: torch.Tensor) -> dict[int, list[torch.Tensor]]:
+    """Dense FFN inputs of ``layers`` for each row of ``rows``: {layer: [(L, d) per row]}."""
+    caps: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
+    mlps = [model.model.layers[i].mlp for i in layers]
+    hooks = [
+        mlp.register_forward_pre_hook(lambda _m, a, i=i: caps[i].append(a[0].reshape(-1, a[0].shape[-1]).clone()))
+        for i, mlp in zip(layers, mlps, strict=True)
+    ]
+    try:
+        for row in rows:
+            model(input_ids=row[None])
+    finally:
+        for h in hooks:
+            h.remove()
+    return caps
+
+
+@torch.no_grad()
+def main() -> None:
+    import argparse
+    import json
+
+    import numpy as np
+
+    from moecarve.architectures import arch_for
+    from moecarve.calibration import read_text, tokenize, windows
+    from moecarve.ffn import extract_ffn
+    from moecarve.sources import load_config, load_model
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=int, nargs="+", default=[4, 12, 20, 27])
+    ap.add_argument("--calibration-windows", type=int, default=4)
+    ap.add_argument("--configs", nargs="+", required=True,
+                    help='recipe fragments as JSON, e.g. \'{"moe": "S24A8E128"}\' or \'{"moe": {"active_fraction": 0.5}}\'')
+    args = ap.parse_args()
+    model, tok = load_model("smollm2-135m", "float32")
+    arch = arch_for(load_config("smollm2-135m"))
+    act = arch.activation(model.config.to_dict())
+    cal = windows(tokenize(tok, read_text(None, None, default="austen")), 2048, args.calibration_windows, True, 0)
+    held = windows(tokenize(tok, read_text(None, None, default="heldout")), 2048, 1)
+    caps = capture_ffn_inputs(model, args.layers, torch.cat([cal, held]))
+    for fragment in args.configs:
+        recipe = Recipe.parse({"model": "smollm2-135m", **json.loads(fragment)})
+        rows = []
+        for i in args.layers:
+            ffn = extract_ffn(model.model.layers[i], arch, act)
+            rows.append(probe_layer(ffn, torch.cat(caps[i][:-1]), caps[i][-1], recipe, i))
+        errs = [r["err"] for r in rows]
+        print(f"{fragment:70s} err {' '.join(f'{e:.4f}' for e in errs)}  mean {np.mean(errs):.4f}  "
+              f"cv {np.mean([r['cv'] for r in rows]):.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -4,10 +4,12 @@ The rule, from layer-probe and perplexity measurements on SmolLM2-135M (bench/RE
 - granularity: about ``TARGET_UNITS`` = 128 units per layer (the divisor of d_ff nearest to it,
   keeping at least ``MIN_EXPERT_SIZE`` neurons per expert). 64 and 192 units measured within
   ±2 % of 128 in held-out FFN error once the down projections are refit; coarser (16) is worse.
-- split of the active units: ``ROUTED_SHARE`` = 1/4 routed (top-k), 3/4 shared. With a real
-  router, always-on neurons lose nothing to routing mistakes; measured held-out FFN error at
-  25 % active: 1/4 routed 0.224 < 1/2 routed 0.234 < 3/4 routed 0.252.
-Both constants are ratios of d_ff, not SmolLM2 sizes, so the rule carries to any FFN width.
+- split of the active units: ``ROUTED_SHARE`` = 1/4 routed (top-k), 3/4 shared, and at most
+  ``ROUTED_CAP`` = 1/16 of all units routed. With a real router, always-on neurons lose nothing
+  to routing mistakes; measured held-out FFN error at 25 % active: 1/4 routed 0.224 < 1/2 routed
+  0.234 < 3/4 routed 0.252. At 50 % and 75 % the error kept falling as the routed part shrank
+  to 1/16 of the units and was flat below it (bench/README.md, "routed share").
+The constants are ratios of d_ff, not SmolLM2 sizes, so the rule carries to any FFN width.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 TARGET_UNITS = 128
 MIN_EXPERT_SIZE = 4
 ROUTED_SHARE = 0.25
+ROUTED_CAP = 1 / 16
 
 
 def units_for(d_ff: int | None) -> int:
@@ -32,6 +35,6 @@ def layout_for_fraction(fraction: float | None, d_ff: int | None = None) -> dict
         raise ValueError("active_fraction is required for a budget-first layout")
     units = units_for(d_ff)
     active = max(2, min(units, round(fraction * units)))
-    k = max(1, round(active * ROUTED_SHARE))
+    k = max(1, round(min(active * ROUTED_SHARE, units * ROUTED_CAP)))
     shared = active - k
     return {"num_shared_experts": shared, "num_experts_per_tok": k, "num_experts": units - shared}

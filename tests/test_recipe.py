@@ -65,6 +65,12 @@ def test_budget_first_layout_picks_fine_experts_that_divide_d_ff():
             m = r.moe.model_copy(update={"active_fraction": f}).resolved(d_ff)
             assert d_ff % (m.num_experts + m.num_shared_experts) == 0
             assert 1 <= m.num_experts_per_tok <= m.num_experts
+            units = m.num_experts + m.num_shared_experts
+            # routed part: 1/4 of the active units, at most 1/16 of all units (rounded)
+            assert m.num_experts_per_tok <= max(1, round(units / 16))
+            assert abs(m.fraction - f) <= 0.5 / units + 1e-9
+    fine = {f: r.moe.model_copy(update={"active_fraction": f}).resolved(1536) for f in (0.25, 0.5, 0.75)}
+    assert [(m.num_shared_experts, m.num_experts_per_tok) for m in fine.values()] == [(24, 8), (56, 8), (88, 8)]
 
 
 def test_overrides_select_layers_and_must_be_disjoint():
