@@ -85,7 +85,9 @@ class Bench:
         start = time.perf_counter()
         outcome = carve_model(self.model, arch_for(self.config), the_plan, recipe, self.cal_rows)
         carve_s = time.perf_counter() - start
-        result: dict[str, Any] = {"layout": the_plan.layout, "carve_seconds": round(carve_s, 1)}
+        the_plan = outcome.plan or the_plan
+        result: dict[str, Any] = {"layout": the_plan.layout, "carve_seconds": round(carve_s, 1),
+                                  "active_units": [lp.num_shared_experts + lp.num_experts_per_tok for lp in the_plan.layers]}
         for name in evals:
             counters = {i: LoadCounter(b.num_experts) for i, b in outcome.blocks.items()}
             for i, b in outcome.blocks.items():

@@ -51,6 +51,9 @@ METHODS: dict[str, dict[str, Any]] = {
     },
     # an ablation of the default: refit towards the dense model's residual stream
     "default+model-target": {"correction": {"target": "model"}},
+    # layer-adaptive budgets (moecarve/budgets.py) and, as an ablation, the uniform layout
+    "default+adaptive": {"moe": {"layer_budgets": "adaptive"}},
+    "default+uniform": {"moe": {"layer_budgets": "uniform"}},
 }
 
 
@@ -59,13 +62,16 @@ def recipe_for(method: str, fraction: float, seed: int) -> dict[str, Any]:
     moe: Any = {"active_fraction": fraction}
     if method == "cmoe+representative":
         moe = CMOE_LAYOUT[fraction]
-    return {"moe": moe, "seed": seed, **METHODS[method]}
+    extra = dict(METHODS[method])
+    if isinstance(moe, dict):
+        moe = {**moe, **extra.pop("moe", {})}
+    return {"moe": moe, "seed": seed, **extra}
 
 
 def configs(args: argparse.Namespace) -> list[tuple[str, float, int]]:
     """(method, fraction, seed) in priority order, so a run cut short still answers the main questions:
     default and CMoE at each fraction (25 % first), the other baselines, then the extra seeds."""
-    rank = {m: i for i, m in enumerate(["default", "cmoe+representative", "default+model-target", "random+fitted", "weight_kmeans+centroid"])}
+    rank = {m: i for i, m in enumerate(["default", "cmoe+representative", "default+model-target", "default+adaptive", "default+uniform", "random+fitted", "weight_kmeans+centroid"])}
     first = [(m, f, 0) for f in args.fractions for m in ("default", "cmoe+representative") if m in args.methods]
     rest = [(m, f, 0) for m in args.methods for f in args.fractions if (m, f, 0) not in first]
     rest.sort(key=lambda c: (c[1] != min(args.fractions), rank.get(c[0], 9), c[1]))

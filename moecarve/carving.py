@@ -22,16 +22,18 @@ import clustering
 import routers
 from clustering.base import LayerProfile, PartitionRequest
 from moecarve.architectures import ArchSpec
+from moecarve.budgets import LayerCost, allocate, cost_curve
 from moecarve.corrections import block_order, refit_down
 from moecarve.errors import CancelledError
 from moecarve.ffn import FFNWeights, extract_ffn, set_submodule, submodule
+from moecarve.layouts import layout_for_units
 from moecarve.moe import MoEBlock
-from moecarve.plan import LayerPlan, Plan
+from moecarve.plan import LayerPlan, Plan, layer_plan_for, plan
 from moecarve.profiling import NeuronStats, profile_summary
 from moecarve.progress import CancelFn, ProgressEvent, ProgressFn, never_cancel, no_progress
 from moecarve.recipe import Recipe
 from moecarve.routing_stats import RoutingRecorder
-from moecarve.sequential import capture_layer_calls, ffn_taps, run_layer
+from moecarve.sequential import LayerCalls, capture_layer_calls, ffn_taps, run_layer
 from routers.balance import fit_selection_bias
 from routers.base import RouterContext
 
@@ -48,6 +50,7 @@ class CarveOutcome:
     calibration_stats: dict[int, dict[str, Any]] = field(default_factory=dict)
     neuron_stats: dict[int, dict[str, list[float]]] = field(default_factory=dict)
     layer_seconds: dict[int, float] = field(default_factory=dict)
+    plan: Plan | None = None  # the plan carved (differs from the input with layer-adaptive budgets)
 
 
 def decoder_layers(model: nn.Module, arch: ArchSpec) -> nn.ModuleList:
@@ -111,9 +114,12 @@ def carve_model(
     """Replace every non-dense FFN of ``model`` in place; returns blocks and statistics."""
     layers = decoder_layers(model, arch)
     state = capture_layer_calls(model, layers, windows)
-    outcome = CarveOutcome()
     config = model.config.to_dict()
     activation, additive = arch.activation(config), arch.ffn_is_additive(config)
+    if recipe.moe.layer_budgets == "adaptive":
+        progress(ProgressEvent("carve", 0, len(layers), "layer budgets"))
+        the_plan = adaptive_plan(layers, arch, the_plan, recipe, config, state)
+    outcome = CarveOutcome(plan=the_plan)
     total = len(layers)
     # refit towards the dense model's residual stream: carry the dense path's hidden states too
     reference = [h.clone() for h in state.hidden] if _model_target(recipe, additive) else None
@@ -173,6 +179,51 @@ class FFNCall:
     x: torch.Tensor
     y: torch.Tensor
     h: torch.Tensor | None = None
+
+
+@torch.no_grad()
+def adaptive_plan(
+    layers: nn.ModuleList, arch: ArchSpec, the_plan: Plan, recipe: Recipe, config: dict[str, Any], state: LayerCalls
+) -> Plan:
+    """Re-plan the layers that follow the base layout with layer-adaptive budgets (``budgets``),
+    from one dense pass of the first calibration window through the still-dense model."""
+    activation = arch.activation(config)
+    chosen = [lp for lp in the_plan.layers if not lp.dense and not recipe.overridden(lp.layer)]
+    costs: dict[int, LayerCost] = {}
+    hidden = state.hidden[0]
+    for i, layer in enumerate(layers):
+        lp = the_plan.layers[i]
+        if lp not in chosen:
+            hidden = run_layer(layer, hidden, state.calls[i][0])
+            continue
+        ffn = extract_ffn(layer, arch, activation)
+        seen: dict[str, torch.Tensor] = {}
+
+        def tap(_x: torch.Tensor, h: torch.Tensor, y: torch.Tensor, seen: dict[str, torch.Tensor] = seen) -> None:
+            seen["h"], seen["y"] = h.reshape(-1, h.shape[-1]), y
+
+        with ffn_taps(submodule(layer, arch.replace), submodule(layer, arch.down), tap):
+            hidden = run_layer(layer, hidden, state.calls[i][0])
+        units = lp.num_experts + lp.num_shared_experts
+        # per token, then averaged: a few tokens with huge residual norms (attention sinks) must not set it
+        ratio = seen["y"].double().pow(2).sum(-1) / hidden.double().pow(2).sum(-1).clamp_min(1e-30)
+        weight = float(ratio.mean())
+        costs[i] = LayerCost(cost_curve(seen["h"], ffn.down, units), weight)
+    if not chosen:
+        return the_plan
+    actives = [lp.num_shared_experts + lp.num_experts_per_tok for lp in chosen]
+    unit_counts = [lp.num_experts + lp.num_shared_experts for lp in chosen]
+    alloc = allocate(
+        [costs[lp.layer] for lp in chosen], sum(actives), [max(2, (a + 1) // 2) for a in actives], unit_counts
+    )
+    planned = list(the_plan.layers)
+    for lp, a, units in zip(chosen, alloc, unit_counts, strict=True):
+        lay = layout_for_units(a, units)
+        planned[lp.layer] = layer_plan_for(
+            lp.layer, the_plan.intermediate_size, lay["num_shared_experts"], lay["num_experts_per_tok"], lay["num_experts"]
+        )
+    log.info("layer budgets (active units): %s", {lp.layer: a for lp, a in zip(chosen, alloc, strict=True)})
+    return plan(recipe, config, planned)
 
 
 def _profile_tap(

@@ -34,7 +34,11 @@ def layout_for_fraction(fraction: float | None, d_ff: int | None = None) -> dict
     if fraction is None:
         raise ValueError("active_fraction is required for a budget-first layout")
     units = units_for(d_ff)
-    active = max(2, min(units, round(fraction * units)))
+    return layout_for_units(max(2, min(units, round(fraction * units))), units)
+
+
+def layout_for_units(active: int, units: int) -> dict[str, int]:
+    """Split ``active`` of a layer's ``units`` into shared and routed (top-k) units."""
     k = max(1, round(min(active * ROUTED_SHARE, units * ROUTED_CAP)))
     shared = active - k
     return {"num_shared_experts": shared, "num_experts_per_tok": k, "num_experts": units - shared}

@@ -99,6 +99,7 @@ def carve(
     arch = arch_for(config)
     start = time.perf_counter()
     outcome = carve_model(model, arch, the_plan, recipe, rows, progress, should_cancel)
+    the_plan = outcome.plan or the_plan  # layer-adaptive budgets decide layouts during the carve
     carve_seconds = time.perf_counter() - start
     if should_cancel():
         raise CancelledError("cancelled after carving, before export")

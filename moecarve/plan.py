@@ -64,8 +64,12 @@ def _layer_plan(recipe: Recipe, index: int, d_ff: int) -> LayerPlan:
         raise RecipeError(f"moe: {e}") from e
     if moe is None:
         return LayerPlan(layer=index, dense=True, active_neurons=d_ff)
-    E, k, S = moe.num_experts, moe.num_experts_per_tok, moe.num_shared_experts
-    units = E + S  # type: ignore[operator]
+    return layer_plan_for(index, d_ff, moe.num_shared_experts, moe.num_experts_per_tok, moe.num_experts)  # type: ignore[arg-type]
+
+
+def layer_plan_for(index: int, d_ff: int, S: int, k: int, E: int) -> LayerPlan:
+    """Sizes of a layer carved as S shared units + top-k of E routed units."""
+    units = E + S
     if d_ff % units:
         raise RecipeError(
             f"layer {index}: layout S{S}A{k}E{units} does not fit: {_divisor_hint(d_ff, units)}"
@@ -74,12 +78,12 @@ def _layer_plan(recipe: Recipe, index: int, d_ff: int) -> LayerPlan:
     return LayerPlan(
         layer=index,
         dense=False,
-        num_experts=E,  # type: ignore[arg-type]
-        num_experts_per_tok=k,  # type: ignore[arg-type]
-        num_shared_experts=S,  # type: ignore[arg-type]
+        num_experts=E,
+        num_experts_per_tok=k,
+        num_shared_experts=S,
         expert_size=size,
-        shared_size=S * size,  # type: ignore[operator]
-        active_neurons=(S + k) * size,  # type: ignore[operator]
+        shared_size=S * size,
+        active_neurons=(S + k) * size,
     )
 
 
@@ -94,12 +98,15 @@ def _attention_and_embedding_params(config: dict[str, Any], arch: ArchSpec) -> t
     return attn, vocab * hidden * (1 if tied else 2)
 
 
-def plan(recipe: Recipe, config: dict[str, Any] | None = None) -> Plan:
+def plan(recipe: Recipe, config: dict[str, Any] | None = None, layers: list[LayerPlan] | None = None) -> Plan:
     """Check ``recipe`` against the model config and report sizes, active parameters and FLOPs.
 
     Args:
         recipe: the carve recipe.
         config: the model's ``config.json`` as a dict; read from ``recipe.model`` when omitted.
+        layers: per-layer plans decided elsewhere (layer-adaptive budgets, after profiling);
+            by default each layer's layout comes from the recipe. With ``layer_budgets: adaptive``
+            and no ``layers`` the plan shows the uniform layout with the same total.
 
     Raises:
         UnsupportedArchitectureError: the model type has no architecture entry.
@@ -126,7 +133,11 @@ def plan(recipe: Recipe, config: dict[str, Any] | None = None) -> Plan:
                 f"{name}: window {spec} exceeds the model's max_position_embeddings={max_pos}"
             )
 
-    layers = [_layer_plan(recipe, i, d_ff) for i in range(n_layers)]
+    if layers is None:
+        layers = [_layer_plan(recipe, i, d_ff) for i in range(n_layers)]
+    layout = recipe.moe.resolved(d_ff).layout
+    if recipe.moe.layer_budgets == "adaptive":
+        layout += " layer-adaptive"
     if recipe.export.formats:
         from moecarve.export.checks import check_exports
 
@@ -145,7 +156,7 @@ def plan(recipe: Recipe, config: dict[str, Any] | None = None) -> Plan:
         hidden_size=hidden,
         intermediate_size=d_ff,
         gated=arch.gated,
-        layout=recipe.moe.resolved(d_ff).layout,
+        layout=layout,
         layers=layers,
         active_ffn_fraction=active_ffn / ffn_params,
         ffn_params=ffn_params,

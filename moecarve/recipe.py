@@ -58,6 +58,12 @@ class MoeSpec(_Strict):
         le=1,
         description="Budget-first layout: the active FFN fraction alone; moecarve picks S, k and E.",
     )
+    layer_budgets: Literal["uniform", "adaptive"] = Field(
+        "uniform",
+        description="With active_fraction: 'uniform' = the same layout in every layer; 'adaptive' = the "
+        "same total, moved to the layers where skipping neurons costs most (measured on one dense "
+        "calibration window before carving; moecarve/budgets.py).",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -76,6 +82,8 @@ class MoeSpec(_Strict):
             raise ValueError(
                 "give num_experts + num_experts_per_tok (+ num_shared_experts), a layout like 'S2A2E16', or active_fraction"
             )
+        if explicit and self.layer_budgets != "uniform":
+            raise ValueError("layer_budgets: 'adaptive' needs active_fraction (the total to distribute), not an explicit layout")
         if explicit:
             if self.num_experts is None or self.num_experts_per_tok is None:
                 raise ValueError("num_experts and num_experts_per_tok must be given together")
@@ -318,6 +326,10 @@ class Recipe(_Strict):
                 raise ValueError(f"layers {sorted(dup)} appear in more than one override")
             seen.update(o.layers)
         return self
+
+    def overridden(self, index: int) -> bool:
+        """Whether an override sets layer ``index`` (else the base ``moe`` layout applies)."""
+        return any(index in o.layers for o in self.overrides)
 
     def layer_moe(self, index: int, d_ff: int | None = None) -> MoeSpec | None:
         """Resolved layout of layer ``index``; None keeps it dense."""
