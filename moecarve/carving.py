@@ -189,30 +189,26 @@ def adaptive_plan(
     from one dense pass of the first calibration window through the still-dense model."""
     activation = arch.activation(config)
     chosen = [lp for lp in the_plan.layers if not lp.dense and not recipe.overridden(lp.layer)]
+    if not chosen:
+        return the_plan
+    unit_counts = [lp.num_experts + lp.num_shared_experts for lp in chosen]
+    units_of = {lp.layer: u for lp, u in zip(chosen, unit_counts, strict=True)}
     costs: dict[int, LayerCost] = {}
     hidden = state.hidden[0]
     for i, layer in enumerate(layers):
-        lp = the_plan.layers[i]
-        if lp not in chosen:
+        if i not in units_of:
             hidden = run_layer(layer, hidden, state.calls[i][0])
             continue
         ffn = extract_ffn(layer, arch, activation)
-        seen: dict[str, torch.Tensor] = {}
-
-        def tap(_x: torch.Tensor, h: torch.Tensor, y: torch.Tensor, seen: dict[str, torch.Tensor] = seen) -> None:
-            seen["h"], seen["y"] = h.reshape(-1, h.shape[-1]), y
-
+        seen: list[FFNCall] = []
+        tap = lambda x, h, y, seen=seen: seen.append(FFNCall(x, y, h.reshape(-1, h.shape[-1])))  # noqa: E731
         with ffn_taps(submodule(layer, arch.replace), submodule(layer, arch.down), tap):
             hidden = run_layer(layer, hidden, state.calls[i][0])
-        units = lp.num_experts + lp.num_shared_experts
+        (call,) = seen
         # per token, then averaged: a few tokens with huge residual norms (attention sinks) must not set it
-        ratio = seen["y"].double().pow(2).sum(-1) / hidden.double().pow(2).sum(-1).clamp_min(1e-30)
-        weight = float(ratio.mean())
-        costs[i] = LayerCost(cost_curve(seen["h"], ffn.down, units), weight)
-    if not chosen:
-        return the_plan
+        ratio = call.y.double().pow(2).sum(-1) / hidden.double().pow(2).sum(-1).clamp_min(1e-30)
+        costs[i] = LayerCost(cost_curve(call.h, ffn.down, units_of[i]), float(ratio.mean()))
     actives = [lp.num_shared_experts + lp.num_experts_per_tok for lp in chosen]
-    unit_counts = [lp.num_experts + lp.num_shared_experts for lp in chosen]
     alloc = allocate(
         [costs[lp.layer] for lp in chosen], sum(actives), [max(2, (a + 1) // 2) for a in actives], unit_counts
     )
