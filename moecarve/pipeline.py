@@ -23,6 +23,7 @@ from moecarve.evaluate import EvalProtocol, eval_rows, perplexity
 from moecarve.plan import Plan, plan
 from moecarve.progress import CancelFn, ProgressEvent, ProgressFn, never_cancel, no_progress
 from moecarve.recipe import Recipe
+from moecarve.recovery import recover, teacher_targets
 from moecarve.report.tokens import DEFAULT_MAX_TOKENS, TOKEN_ROUTES, record_token_routes
 from moecarve.routing_stats import attach_recorders, detach_recorders
 from moecarve.sources import load_config, load_model
@@ -96,11 +97,19 @@ def carve(
         eval_ids = eval_rows(tokenizer, protocol)
         evaluation["dense"] = perplexity(model, eval_ids, progress, "evaluate-dense")
 
+    # recovery's teacher: the dense model's distribution on the calibration text, taken before
+    # the in-place carve replaces its FFNs
+    teacher = teacher_targets(model, rows, recipe.recovery, progress) if recipe.recovery.enabled else None
     arch = arch_for(config)
     start = time.perf_counter()
     outcome = carve_model(model, arch, the_plan, recipe, rows, progress, should_cancel)
     the_plan = outcome.plan or the_plan  # layer-adaptive budgets decide layouts during the carve
     carve_seconds = time.perf_counter() - start
+    if teacher is not None:
+        report = recover(
+            model, outcome.blocks, teacher, recipe.recovery, seed=recipe.seed, progress=progress, should_cancel=should_cancel
+        )
+        evaluation["recovery"] = report.to_dict()
     if should_cancel():
         raise CancelledError("cancelled after carving, before export")
 

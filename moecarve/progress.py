@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ProgressEvent:
-    stage: str  # load | calibrate | evaluate-dense | carve | evaluate | export
+    stage: str  # load | calibrate | evaluate-dense | teacher | carve | recover | evaluate | export
     step: int
     total: int
     message: str = ""

@@ -236,6 +236,32 @@ class CorrectionSpec(_Strict):
     )
 
 
+class RecoverySpec(_Strict):
+    """Optional short distillation after carving (moecarve/recovery.py)."""
+
+    enabled: bool = Field(False, description="Fit the carved model to the dense model's next-token distribution on the calibration text.")
+    budget_seconds: float = Field(
+        300, gt=0, description="Wall-clock budget, the dense teacher pass included (300 s = 10 CPU-minutes on 2 cores)."
+    )
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (else the budget decides).")
+    parameters: Literal["down", "experts"] = Field(
+        "down",
+        description="What is trained: 'down' = shared and expert down projections; 'experts' = all their weights. "
+        "Partitions, routers and selection biases stay as carved (exports unchanged).",
+    )
+    learning_rate: float = Field(1e-3, gt=0, description="AdamW peak learning rate (warm-up, then cosine decay to 10 %).")
+    chunk_tokens: int = Field(512, ge=8, description="Calibration windows are cut into chunks of this many tokens.")
+    chunks_per_step: int = Field(2, ge=1, description="Chunks per optimizer step.")
+    top_k_logits: int = Field(64, ge=1, description="Teacher log-probabilities kept per position (its K most likely tokens).")
+    validation_chunks: int = Field(2, ge=0, description="Calibration chunks held out; the weights with the lowest loss on them are kept.")
+    validate_every: int = Field(10, ge=1, description="Validation interval in steps.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"enabled": data} if isinstance(data, bool) else data
+
+
 def _check_export_format(name: str) -> str:
     from moecarve.export import targets
 
@@ -310,6 +336,9 @@ class Recipe(_Strict):
     )
     profile: ProfileSpec = Field(
         default_factory=ProfileSpec, description="Per-neuron statistics collected while carving."
+    )
+    recovery: RecoverySpec = Field(
+        default_factory=RecoverySpec, description="Optional distillation after carving: {enabled: true, budget_seconds: 300}, or true."
     )
     seed: int = Field(0, description="Seed of partition and router methods.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Dtype of the saved checkpoint.")
