@@ -20,6 +20,12 @@ def model_card(
     base_model: str,
     carve_seconds: float,
 ) -> str:
+    rec = evaluation.get("recovery")
+    how = "training-free" if rec is None else "then briefly distilled from the dense model (recovery)"
+    recovery_row = "" if rec is None else (
+        f"| recovery | {rec['steps']} steps on {rec['tokens']} calibration tokens, {rec['seconds']:.0f} s incl. the {rec['teacher_seconds']:.0f} s teacher pass; "
+        f"validation KD {rec['validation_loss_before']:.3f} → {rec['validation_loss_after']:.3f} |\n"
+    )
     return f"""---
 base_model: {base_model}
 library_name: transformers
@@ -31,7 +37,7 @@ tags:
 
 # {the_plan.layout} MoE carved from `{base_model}`
 
-Carved by moecarve, training-free: each FFN's neurons were split into a shared (always-on)
+Carved by moecarve, {how}: each FFN's neurons were split into a shared (always-on)
 expert and routed experts; a router picks the top-{recipe.moe.resolved(the_plan.intermediate_size).num_experts_per_tok}
 routed experts per token, each contributing with weight 1.
 
@@ -45,7 +51,7 @@ routed experts per token, each contributing with weight 1.
 | held-out perplexity, dense | {_ppl(evaluation, "dense")} |
 | held-out perplexity, carved | {_ppl(evaluation, "carved")} |
 | carve time | {carve_seconds:.1f} s |
-
+{recovery_row}
 ## Load
 
 ```python
