@@ -107,7 +107,8 @@ def carve(
     carve_seconds = time.perf_counter() - start
     if teacher is not None:
         report = recover(
-            model, outcome.blocks, teacher, recipe.recovery, seed=recipe.seed, progress=progress, should_cancel=should_cancel
+            model, outcome.blocks, teacher, recipe.recovery, seed=recipe.seed, rebalance=recipe.router.balance,
+            progress=progress, should_cancel=should_cancel,
         )
         evaluation["recovery"] = report.to_dict()
     if should_cancel():

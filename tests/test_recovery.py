@@ -14,7 +14,7 @@ from moecarve.checkpoint import load_pretrained
 from moecarve.errors import RecipeError
 from moecarve.plan import plan
 from moecarve.recipe import Recipe, RecoverySpec
-from moecarve.recovery import chunk_rows, recover, teacher_targets, topk_distillation_loss
+from moecarve.recovery import chunk_rows, rebalance_selection, recover, teacher_targets, topk_distillation_loss
 
 
 @pytest.mark.unit
@@ -110,6 +110,28 @@ def test_recovery_lowers_the_distillation_loss_and_trains_only_down_projections(
         vals = [float(topk_distillation_loss(model(input_ids=teacher.chunks[i : i + 1]).logits[0, :-1],
                                              teacher.top_index[i], teacher.top_logp[i])) for i in val_ids]
     assert sum(vals) / 2 == pytest.approx(report.validation_loss_after, rel=1e-5)
+
+
+@pytest.mark.integration
+def test_rebalance_refits_skewed_selection_biases_and_recover_applies_it():
+    spec = RecoverySpec(enabled=True, max_steps=8, learning_rate=3e-3, chunk_tokens=32, top_k_logits=16, validate_every=1)
+    model, blocks, teacher = _carved_with_teacher(spec)
+    with torch.no_grad():  # every layer sends every token to expert 0
+        for block in blocks.values():
+            block.selection_bias.zero_()
+            block.selection_bias[0] = 1e3
+    before, after = rebalance_selection(model, blocks, teacher.chunks[:4])
+    E = {b.num_experts for b in blocks.values()}.pop()
+    assert before == pytest.approx((E - 1) ** 0.5)  # one expert takes all the load (k = 1)
+    assert after < 0.5 * before and all(b.selection_bias[0] < 1e3 for b in blocks.values())
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    biases = {i: b.selection_bias.clone() for i, b in blocks.items()}
+    report = recover(model, blocks, teacher, spec, seed=0, rebalance=True)
+    assert report.best_step > 0 and len(report.rebalance_load_cv) == 2
+    assert any(not torch.equal(b.selection_bias, biases[i]) for i, b in blocks.items())
+    assert report.validation_loss_rebalanced == report.validation_loss_rebalanced  # measured, not NaN
+    # recovered down projections, everything else (routers, up / gate) as carved
+    assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters() if not n.endswith("_down"))
 
 
 @pytest.mark.integration
