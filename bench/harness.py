@@ -23,6 +23,7 @@ from moecarve.carving import carve_model
 from moecarve.evaluate import perplexity
 from moecarve.plan import plan
 from moecarve.recipe import Recipe
+from moecarve.recovery import recover, teacher_targets
 from moecarve.sources import load_config, load_model
 
 CACHE = Path.home() / ".cache" / "moecarve" / "bench"
@@ -82,12 +83,18 @@ class Bench:
         recipe = recipe if isinstance(recipe, Recipe) else Recipe.parse(recipe)
         self._restore()
         the_plan = plan(recipe, self.config)
+        # as the pipeline does: the teacher is the dense model, scored before the in-place carve
+        teacher = teacher_targets(self.model, self.cal_rows, recipe.recovery) if recipe.recovery.enabled else None
         start = time.perf_counter()
         outcome = carve_model(self.model, arch_for(self.config), the_plan, recipe, self.cal_rows)
         carve_s = time.perf_counter() - start
         the_plan = outcome.plan or the_plan
         result: dict[str, Any] = {"layout": the_plan.layout, "carve_seconds": round(carve_s, 1),
                                   "active_units": [lp.num_shared_experts + lp.num_experts_per_tok for lp in the_plan.layers]}
+        if teacher is not None:
+            start = time.perf_counter()
+            report = recover(self.model, outcome.blocks, teacher, recipe.recovery, seed=recipe.seed, rebalance=recipe.router.balance)
+            result["recovery"] = {**report.to_dict(), "wall_seconds": round(time.perf_counter() - start + teacher.seconds, 1)}
         for name in evals:
             counters = {i: LoadCounter(b.num_experts) for i, b in outcome.blocks.items()}
             for i, b in outcome.blocks.items():
