@@ -14,7 +14,13 @@ from moecarve.checkpoint import load_pretrained
 from moecarve.errors import RecipeError
 from moecarve.plan import plan
 from moecarve.recipe import Recipe, RecoverySpec
-from moecarve.recovery import chunk_rows, rebalance_selection, recover, teacher_targets, topk_distillation_loss
+from moecarve.recovery import (
+    chunk_rows,
+    rebalance_selection,
+    recover,
+    teacher_targets,
+    topk_distillation_loss,
+)
 
 
 @pytest.mark.unit
