@@ -57,6 +57,8 @@ METHODS: dict[str, dict[str, Any]] = {
     # the optional short recovery (moecarve/recovery.py) at the issue's 10 CPU-minutes: 300 s wall
     # on this machine's 2 cores, the dense teacher pass included; carving time is reported apart
     "default+recovery": {"recovery": {"enabled": True}},  # the default budget_seconds: 300
+    # twice the budget: what more recovery time buys
+    "default+recovery-600s": {"recovery": {"enabled": True, "budget_seconds": 600}},
 }
 
 
@@ -74,7 +76,7 @@ def recipe_for(method: str, fraction: float, seed: int) -> dict[str, Any]:
 def configs(args: argparse.Namespace) -> list[tuple[str, float, int]]:
     """(method, fraction, seed) in priority order, so a run cut short still answers the main questions:
     default and CMoE at each fraction (25 % first), the other baselines, then the extra seeds."""
-    rank = {m: i for i, m in enumerate(["default", "cmoe+representative", "default+recovery", "default+model-target", "default+adaptive", "default+uniform", "random+fitted", "weight_kmeans+centroid"])}
+    rank = {m: i for i, m in enumerate(["default", "cmoe+representative", "default+recovery", "default+recovery-600s", "default+model-target", "default+adaptive", "default+uniform", "random+fitted", "weight_kmeans+centroid"])}
     first = [(m, f, 0) for f in args.fractions for m in ("default", "cmoe+representative") if m in args.methods]
     rest = [(m, f, 0) for m in args.methods for f in args.fractions if (m, f, 0) not in first]
     rest.sort(key=lambda c: (c[1] != min(args.fractions), rank.get(c[0], 9), c[1]))

@@ -209,8 +209,10 @@ def recover(
             report.tokens += per_step * teacher.chunks.shape[1]
             if step == 1 and spec.max_steps is None:  # budget → number of steps, from the first one's time
                 step_seconds = max(time.perf_counter() - start - elapsed, 1e-6)
-                if rebalance:  # its forwards (≈ 1/3 of a training pass each) come out of the budget too
-                    budget -= step_seconds * min(REBALANCE_CHUNKS, len(train_ids)) / (3 * per_step)
+                # reserved, in forwards (≈ 1/3 of a chunk's training pass each): the last step's
+                # validation, and the selection-bias refit with its own validation
+                forwards = n_val + (min(REBALANCE_CHUNKS, len(train_ids)) + n_val if rebalance else 0)
+                budget -= step_seconds * forwards / (3 * per_step)
                 remaining = budget - (time.perf_counter() - start)
                 cost = step_seconds * (1 + _validation_share(spec, n_val, per_step))
                 planned = max(2, 1 + int(remaining / cost))
