@@ -98,8 +98,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     model = _load_any(args.model_dir)
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
-    torch.set_grad_enabled(False)
-    result = perplexity(model, eval_rows(tokenizer, protocol))
+    with torch.no_grad():  # scoped: the CLI also runs in-process (tests, notebooks)
+        result = perplexity(model, eval_rows(tokenizer, protocol))
     result = {"model": str(args.model_dir), "protocol": protocol.name, **result}
     if args.json:
         _print_json(result)

@@ -168,6 +168,8 @@ def recover(
         p.requires_grad_(True)
     was_training = model.training
     model.train(False)  # no dropout: the carved model is evaluated as it will run
+    grad_mode = torch.is_grad_enabled()
+    torch.set_grad_enabled(True)  # callers may run under no_grad; training needs autograd
     try:
         if val_ids:
             report.validation_loss_before = report.validation_loss_after = _validation_loss(model, teacher, val_ids)
@@ -246,6 +248,7 @@ def recover(
         for p in frozen:
             p.requires_grad_(True)
         model.train(was_training)
+        torch.set_grad_enabled(grad_mode)
     report.steps = step
     report.seconds = time.perf_counter() - start + teacher.seconds
     progress(ProgressEvent("recover", report.steps, report.steps, "done"))

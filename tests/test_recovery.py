@@ -141,6 +141,18 @@ def test_rebalance_refits_skewed_selection_biases_and_recover_applies_it():
 
 
 @pytest.mark.integration
+def test_recovery_trains_when_called_under_no_grad_and_restores_the_mode():
+    spec = RecoverySpec(enabled=True, max_steps=2, chunk_tokens=32, top_k_logits=16, validate_every=1)
+    model, blocks, teacher = _carved_with_teacher(spec)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith("experts_down")}
+    with torch.no_grad():
+        report = recover(model, blocks, teacher, spec, seed=0)
+        assert not torch.is_grad_enabled()
+    assert report.steps == 2 and len(report.history) == 2
+    assert report.best_step == 0 or any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)
+
+
+@pytest.mark.integration
 def test_recovery_never_keeps_weights_worse_than_carved():
     """A learning rate far too high: validation gets worse, so the carved weights come back."""
     spec = RecoverySpec(enabled=True, max_steps=4, learning_rate=10.0, chunk_tokens=32, top_k_logits=16,

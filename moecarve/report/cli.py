@@ -28,12 +28,12 @@ def _routes_for_file(model_dir: str, text_path: str, max_tokens: int) -> dict[st
     from moecarve.checkpoint import load_pretrained
     from moecarve.report.tokens import routes_for_text
 
-    torch.set_grad_enabled(False)
     model = load_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return routes_for_text(
-        model, tokenizer, read_text(text_path), max_tokens, source=Path(text_path).name
-    )
+    with torch.no_grad():  # scoped: the CLI also runs in-process (tests, notebooks)
+        return routes_for_text(
+            model, tokenizer, read_text(text_path), max_tokens, source=Path(text_path).name
+        )
 
 
 def register(subparsers: Any) -> None:
