@@ -10,14 +10,17 @@ the calibration text, within a wall-clock budget:
    counts as one outcome holding the remaining probability.
 2. After carving, AdamW updates the MoE blocks' down projections (``parameters: down``; or every
    expert and shared weight, ``experts``) to minimise the teacher → student cross-entropy over
-   those K + 1 outcomes (``topk_distillation_loss``; forward KL up to the teacher's entropy). Routers, partitions and selection biases
-   stay as carved: the blocks weight selected experts by 1, so the selection gets no gradient,
-   and the checkpoint format and native exports are unchanged.
+   those K + 1 outcomes (``topk_distillation_loss``; forward KL up to the teacher's entropy).
+   Routers and partitions stay as carved: the blocks weight selected experts by 1, so the
+   selection gets no gradient, and the checkpoint format and native exports are unchanged.
 3. A few calibration chunks are held back: their loss is measured before training and at regular
    intervals, and the weights with the lowest validation loss are kept (never worse than carved).
+4. With ``rebalance`` (the pipeline passes ``router.balance``) the selection biases are refitted
+   on the recovered model's routing of a few training chunks (``rebalance_selection``).
 
 The schedule is linear warm-up then cosine decay over the number of steps the budget allows,
-estimated from the first step's time (the teacher pass counts against the budget).
+estimated from the first step's time; the teacher pass, the final validation and the bias refit
+count against the budget.
 """
 
 from __future__ import annotations
