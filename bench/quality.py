@@ -105,7 +105,7 @@ def table(results: dict[str, Any]) -> str:
         if "recovery" in r:
             rec = r["recovery"]
             lines.append(
-                f"recovery at {r['fraction']:.0%}: {rec['steps']} steps, {rec['tokens']} tokens, {rec['wall_seconds']:.0f} s wall "
+                f"recovery at {r['fraction']:.0%}: {rec['steps']} steps, {rec['tokens']} tokens, {rec['seconds']:.0f} s wall "
                 f"(teacher {rec['teacher_seconds']:.0f} s) after the {r['carve_seconds']:.0f} s carve; "
                 f"validation KD {rec['validation_loss_before']:.3f} → {rec['validation_loss_after']:.3f}"
             )

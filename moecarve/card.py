@@ -13,6 +13,15 @@ def _ppl(evaluation: dict[str, Any], key: str) -> str:
     return f"{value:.2f}" if value is not None else "not measured"
 
 
+def recovery_summary(rec: dict[str, Any]) -> str:
+    """One line for a recovery report (``evaluation["recovery"]``): model card and CLI."""
+    return (
+        f"{rec['steps']} steps on {rec['tokens']} calibration tokens, {rec['seconds']:.0f} s incl. the "
+        f"{rec['teacher_seconds']:.0f} s teacher pass; validation KD {rec['validation_loss_before']:.3f} → "
+        f"{rec['validation_loss_after']:.3f} (kept step {rec['best_step']})"
+    )
+
+
 def model_card(
     recipe: Recipe,
     the_plan: Plan,
@@ -22,10 +31,7 @@ def model_card(
 ) -> str:
     rec = evaluation.get("recovery")
     how = "training-free" if rec is None else "then briefly distilled from the dense model (recovery)"
-    recovery_row = "" if rec is None else (
-        f"| recovery | {rec['steps']} steps on {rec['tokens']} calibration tokens, {rec['seconds']:.0f} s incl. the {rec['teacher_seconds']:.0f} s teacher pass; "
-        f"validation KD {rec['validation_loss_before']:.3f} → {rec['validation_loss_after']:.3f} |\n"
-    )
+    recovery_row = "" if rec is None else f"| recovery | {recovery_summary(rec)} |\n"
     return f"""---
 base_model: {base_model}
 library_name: transformers

@@ -71,11 +71,9 @@ def cmd_carve(args: argparse.Namespace) -> int:
         f"layout: {result.plan.layout} (active FFN {result.plan.active_ffn_fraction:.1%}), carve time {result.carve_seconds:.1f} s"
     )
     if "recovery" in ev:
-        rec = ev["recovery"]
-        print(
-            f"recovery: {rec['steps']} steps, {rec['tokens']} tokens, {rec['seconds']:.1f} s (teacher pass {rec['teacher_seconds']:.1f} s); "
-            f"validation KD {rec['validation_loss_before']:.3f} -> {rec['validation_loss_after']:.3f} (kept step {rec['best_step']})"
-        )
+        from moecarve.card import recovery_summary
+
+        print(f"recovery: {recovery_summary(ev['recovery'])}")
     if "carved" in ev:
         print(
             f"held-out perplexity: dense {ev['dense']['perplexity']:.2f}  carved {ev['carved']['perplexity']:.2f}  "

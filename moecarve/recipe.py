@@ -247,7 +247,8 @@ class RecoverySpec(_Strict):
     parameters: Literal["down", "experts"] = Field(
         "down",
         description="What is trained: 'down' = shared and expert down projections; 'experts' = all their weights. "
-        "Partitions, routers and selection biases stay as carved (exports unchanged).",
+        "Partitions and routers stay as carved; with router.balance the selection biases are refitted "
+        "afterwards (exports unchanged).",
     )
     learning_rate: float = Field(1e-3, gt=0, description="AdamW peak learning rate (warm-up, then cosine decay to 10 %).")
     chunk_tokens: int = Field(512, ge=8, description="Calibration windows are cut into chunks of this many tokens.")
