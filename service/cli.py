@@ -62,8 +62,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         timeout_graceful_shutdown=5,
     )
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # Stop the workers with the server, not after it has drained its connections (an
+            # open event stream holds uvicorn for up to timeout_graceful_shutdown).
+            pool.signal_workers()
+            super().handle_exit(sig, frame)
+
     try:
-        uvicorn.Server(config).run()
+        Server(config).run()
     finally:
         pool.stop()
     return 0

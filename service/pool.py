@@ -48,6 +48,7 @@ class WorkerPool:
         self._backoff = [0.0] * self.count
         self._store = JobStore(settings.db_path)
         self._stop = threading.Event()
+        self._signalled: set[int] = set()  # worker pids already sent SIGTERM
         # Workers get no API keys: they never authenticate anyone.
         self._payload = settings.model_dump(mode="json", exclude={"api_keys", "api_keys_file"})
 
@@ -107,6 +108,21 @@ class WorkerPool:
         """Make ``run()`` return (safe from a signal handler); ``stop()`` then stops the workers."""
         self._stop.set()
 
+    def signal_workers(self) -> None:
+        """``request_stop()`` and SIGTERM the live workers now (safe from a signal handler): a
+        running job goes back to the queue at once instead of running on while the HTTP server
+        drains its connections. ``stop()`` then waits for them."""
+        self._stop.set()
+        for p in self._procs:
+            if (
+                p is not None
+                and p.pid is not None
+                and p.is_alive()
+                and p.pid not in self._signalled
+            ):
+                self._signalled.add(p.pid)
+                p.terminate()
+
     def run(self) -> None:
         """Watch the workers until ``stop()``."""
         while not self._stop.wait(CHECK_S):
@@ -120,7 +136,8 @@ class WorkerPool:
         self._stop.set()
         procs = [(i, p) for i, p in enumerate(self._procs) if p is not None]
         for _, p in procs:
-            if p.is_alive():
+            if p.is_alive() and p.pid not in self._signalled:
+                self._signalled.add(p.pid)
                 p.terminate()
         deadline = time.monotonic() + timeout
         for _, p in procs:

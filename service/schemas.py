@@ -36,7 +36,8 @@ class JobCreate(BaseModel):
 
 class Progress(BaseModel):
     stage: str | None = Field(
-        None, description="load | calibrate | evaluate-dense | teacher | carve | recover | evaluate | export"
+        None,
+        description="load | calibrate | evaluate-dense | teacher | carve | recover | evaluate | export",
     )
     step: int = 0
     total: int = 0
