@@ -138,19 +138,32 @@ def carve_model(
         stats = NeuronStats(ffn, recipe.profile.marker_top_k, recipe.profile.sample_tokens, recipe.seed + i)
         ffn_io: list[FFNCall] = []
         refit = recipe.correction.refit_down and lp.num_experts_per_tok < lp.num_experts
-        keep_h = refit and windows.numel() * ffn.num_neurons * 4 <= KEEP_ACTIVATIONS_BYTES
+        keep_h = (refit or additive) and windows.numel() * ffn.num_neurons * 4 <= KEEP_ACTIVATIONS_BYTES
         tap = _profile_tap(stats, ffn_io if additive or refit else None, keep_h)
         with ffn_taps(submodule(layer, arch.replace), submodule(layer, arch.down), tap):
             dense_out = [run_layer(layer, h, c) for h, c in zip(state.hidden, calls, strict=True)]
         profile = stats.finalize()
         block = build_block(ffn, profile, lp, recipe, i)
+        targets = None
         if refit:
             bias = 0 if ffn.down_bias is None else ffn.down_bias
             targets = [c.y - bias for c in ffn_io]  # the dense FFN's output, already computed
             if reference_out is not None:  # FFN output that puts the carved residual on the dense one
                 targets = [t + r - o for t, r, o in zip(targets, reference_out, dense_out, strict=True)]
-            activations = [c.h for c in ffn_io] if keep_h else None
-            refit_down(block, ffn, [c.x for c in ffn_io], recipe.correction.ridge, targets=targets, activations=activations)
+        carved_ffn = None
+        if keep_h:  # every neuron's activation is in hand: refit and carved output need no recompute
+            xs, hs, sels = _calibration_tokens(block, ffn_io)
+            if refit:
+                refit_down(block, ffn, xs, recipe.correction.ridge, targets=targets, activations=hs,
+                           selections=sels, block_order_activations=True)
+            if additive:
+                carved_ffn = [
+                    block.output_from_activations(h, sel).reshape(c.y.shape).to(c.y.dtype)
+                    for h, sel, c in zip(hs, sels, ffn_io, strict=True)
+                ]
+            del xs, hs, sels
+        elif refit:
+            refit_down(block, ffn, [c.x for c in ffn_io], recipe.correction.ridge, targets=targets)
         for c in ffn_io:
             c.h = None  # free before the carved forward
         reference = reference_out
@@ -163,7 +176,9 @@ def carve_model(
         }
         outcome.calibration_stats[i] = sample_routing_stats(block, profile)
         if additive:  # carved output = dense output − dense FFN output + MoE output
-            state.hidden = [o - c.y + block(c.x) for o, c in zip(dense_out, ffn_io, strict=True)]
+            if carved_ffn is None:
+                carved_ffn = [block(c.x) for c in ffn_io]
+            state.hidden = [o - c.y + f for o, c, f in zip(dense_out, ffn_io, carved_ffn, strict=True)]
         else:
             state.hidden = [run_layer(layer, h, c) for h, c in zip(state.hidden, calls, strict=True)]
         outcome.layer_seconds[i] = time.perf_counter() - start
@@ -220,6 +235,18 @@ def adaptive_plan(
         )
     log.info("layer budgets (active units): %s", {lp.layer: a for lp, a in zip(chosen, alloc, strict=True)})
     return plan(recipe, config, planned)
+
+
+def _calibration_tokens(
+    block: MoEBlock, ffn_io: list[FFNCall]
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """Per window: FFN inputs (T, d), kept activations in block order (T, n), routing (T, k)."""
+    order = block_order(block)
+    xs = [c.x.reshape(-1, c.x.shape[-1]) for c in ffn_io]
+    hs = [c.h.reshape(x.shape[0], -1)[:, order] for x, c in zip(xs, ffn_io, strict=True) if c.h is not None]
+    k = block.num_experts_per_tok if block.num_experts else 0
+    sels = [block.select(block.scores(x)) if k else torch.empty(x.shape[0], 0, dtype=torch.long) for x in xs]
+    return xs, hs, sels
 
 
 def _profile_tap(

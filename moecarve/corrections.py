@@ -29,12 +29,13 @@ def block_order(block: MoEBlock) -> torch.Tensor:
     return torch.cat([block.shared_neurons, block.expert_neurons.reshape(-1)])
 
 
-def active_mask(block: MoEBlock, x: torch.Tensor) -> torch.Tensor:
-    """(T, n) 1 for the neurons each token computes (block order)."""
+def active_mask(block: MoEBlock, x: torch.Tensor, selected: torch.Tensor | None = None) -> torch.Tensor:
+    """(T, n) 1 for the neurons each token computes (block order); ``selected`` (T, k): the
+    block's routing of ``x`` when the caller has it."""
     T = x.shape[0]
     chosen = torch.zeros(T, block.num_experts, dtype=x.dtype)
     if block.num_experts:
-        chosen.scatter_(1, block.select(block.scores(x)), 1.0)
+        chosen.scatter_(1, block.select(block.scores(x)) if selected is None else selected, 1.0)
     routed = chosen.repeat_interleave(block.expert_size, dim=1)  # (T, E·m)
     return torch.cat([torch.ones(T, block.shared_size, dtype=x.dtype), routed], dim=1)
 
@@ -74,13 +75,22 @@ def refit_down(
     max_joint: int = 8192,
     targets: list[torch.Tensor] | None = None,
     activations: list[torch.Tensor] | None = None,
+    selections: list[torch.Tensor] | None = None,
+    block_order_activations: bool = False,
 ) -> None:
     """Refit ``block``'s down projections in place on FFN ``inputs`` (each (T, d)).
 
     ``targets`` (each (T, d), without the down bias) default to the dense FFN's output on
     ``inputs``; the carving loop passes the outputs it already has, or the dense *model's*
-    residual (see ``carving``). ``activations`` (each (T, n), dense neuron order) are the dense
-    FFN's neuron activations on ``inputs`` when the caller kept them; recomputed otherwise.
+    residual (see ``carving``). ``activations`` (each (T, n)) are the dense FFN's neuron
+    activations on ``inputs`` when the caller kept them (dense neuron order, or block order with
+    ``block_order_activations``); recomputed otherwise. ``selections`` (each (T, k)): the block's
+    routing of ``inputs`` when the caller has it.
+
+    The Gram matrix is a dense product of the masked activations even though each token computes
+    only the shared expert and k routed ones: built per expert from the tokens that chose it, it
+    has ~2.5× fewer multiply-adds at S56A8E128, but 12-neuron experts make those skinny,
+    memory-bound products and it measured 1.2–1.5× slower on 2 cores (25 / 50 / 75 % shapes).
     """
     order = block_order(block)
     act = ffn.act_fn()
@@ -92,10 +102,13 @@ def refit_down(
     cross = torch.zeros(n, w0.shape[0], dtype=torch.float64)
     for j, x in enumerate(inputs):
         x = x.reshape(-1, x.shape[-1]).float()
-        h = ffn.hidden(x, act) if activations is None else activations[j].reshape(x.shape[0], -1).float()
-        h = h[:, order]  # (T, n); fp32 products, fp64 sums
+        if activations is None:
+            h = ffn.hidden(x, act)[:, order]
+        else:
+            h = activations[j].reshape(x.shape[0], -1).float()
+            h = h if block_order_activations else h[:, order]  # (T, n); fp32 products, fp64 sums
         y = h @ w0.T.float() if targets is None else targets[j].reshape(x.shape).float()  # (T, d)
-        hm = h * active_mask(block, x)
+        hm = h * active_mask(block, x, None if selections is None else selections[j])
         if joint:
             gram += gram_upper(hm)
         else:

@@ -180,18 +180,27 @@ class MoEBlock(nn.Module):
         T, k = selected.shape
         if T * k <= self.num_experts:
             return self._routed_gathered(x, selected)
-        flat = selected.reshape(-1)
-        order = torch.argsort(flat, stable=True)
-        tokens = order // k  # (T·k,) token of each (token, slot) sorted by expert
-        counts = torch.bincount(flat, minlength=self.num_experts).tolist()
         out = torch.zeros_like(x)
-        start = 0
-        for e, c in enumerate(counts):
-            if c == 0:
-                continue
-            idx = tokens[start : start + c]
-            start += c
+        for e, idx in expert_groups(selected, self.num_experts):
             out.index_add_(0, idx, self.expert_output(x[idx], e))
+        return out
+
+    def output_from_activations(self, h: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+        """The block's output from its neurons' activations: (T, n) in block order (shared, then
+        experts), (T, k) → (T, d). Equals ``forward`` on the tokens ``h`` came from when
+        ``selected`` is their routing; the carving loop uses it because it already holds every
+        neuron's activation from the dense profiling pass. Only the selected experts' columns
+        are read (grouped by expert, as in ``routed_output``)."""
+        s, m = self.shared_size, self.expert_size
+        if s:
+            out = nn.functional.linear(h[:, :s], self.shared_down, self.down_bias)
+        else:
+            out = h.new_zeros(h.shape[0], self.hidden_size)
+            if self.down_bias is not None:
+                out = out + self.down_bias
+        for e, idx in expert_groups(selected, self.num_experts):
+            cols = slice(s + e * m, s + (e + 1) * m)
+            out.index_add_(0, idx, h[idx, cols] @ self.experts_down[e].t())
         return out
 
     def expert_weights(self, experts: torch.Tensor) -> tuple[Any, ...]:
@@ -245,3 +254,17 @@ class MoEBlock(nn.Module):
             f"d={self.hidden_size}, shared={self.shared_size}, experts={self.num_experts}×{self.expert_size}, "
             f"k={self.num_experts_per_tok}, act={self.activation}"
         )
+
+
+def expert_groups(selected: torch.Tensor, num_experts: int) -> list[tuple[int, torch.Tensor]]:
+    """Tokens grouped by the expert they selected: [(e, token indices)] for every expert chosen
+    at least once, from selections (T, k)."""
+    k = selected.shape[1]
+    flat = selected.reshape(-1)
+    tokens = torch.argsort(flat, stable=True) // k  # token of each (token, slot), sorted by expert
+    groups, start = [], 0
+    for e, c in enumerate(torch.bincount(flat, minlength=num_experts).tolist()):
+        if c:
+            groups.append((e, tokens[start : start + c]))
+            start += c
+    return groups
