@@ -21,6 +21,7 @@ from moecarve.architectures import arch_for
 from moecarve.calibration import read_text, tokenize, windows
 from moecarve.carving import carve_model
 from moecarve.evaluate import perplexity
+from moecarve.moe import recording
 from moecarve.plan import plan
 from moecarve.recipe import Recipe
 from moecarve.recovery import recover, teacher_targets
@@ -96,13 +97,10 @@ class Bench:
             result["recovery"] = report.to_dict()  # its seconds include the teacher pass
         for name in evals:
             counters = {i: LoadCounter(b.num_experts) for i, b in outcome.blocks.items()}
-            for i, b in outcome.blocks.items():
-                b.recorder = counters[i]
             rows = self.eval_sets[name] if eval_windows is None else self.eval_sets[name][:eval_windows]
             start = time.perf_counter()
-            ppl = perplexity(self.model, rows)["perplexity"]
-            for b in outcome.blocks.values():
-                b.recorder = None
+            with recording(outcome.blocks, counters):
+                ppl = perplexity(self.model, rows)["perplexity"]
             cvs = [c.cv() for c in counters.values()]
             result[name] = {
                 "perplexity": ppl,

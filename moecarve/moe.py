@@ -9,7 +9,8 @@ multiplied by that expert's (m × d) slices — never a dense product that is ma
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -268,3 +269,17 @@ def expert_groups(selected: torch.Tensor, num_experts: int) -> list[tuple[int, t
             groups.append((e, tokens[start : start + c]))
             start += c
     return groups
+
+
+@contextmanager
+def recording(blocks: Mapping[int, MoEBlock], recorders: Mapping[int, Recorder]) -> Iterator[None]:
+    """Attach ``recorders[i]`` to ``blocks[i]`` for the duration of the ``with`` body; the
+    recorders attached before (usually none) are put back afterwards, also on error."""
+    saved = {i: blocks[i].recorder for i in recorders}
+    try:
+        for i, recorder in recorders.items():
+            blocks[i].recorder = recorder
+        yield
+    finally:
+        for i, recorder in saved.items():
+            blocks[i].recorder = recorder

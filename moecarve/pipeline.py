@@ -20,12 +20,13 @@ from moecarve.carving import carve_model
 from moecarve.checkpoint import prepare_output_dir, save_checkpoint
 from moecarve.errors import CancelledError
 from moecarve.evaluate import EvalProtocol, eval_rows, perplexity
+from moecarve.moe import recording
 from moecarve.plan import Plan, plan
 from moecarve.progress import CancelFn, ProgressEvent, ProgressFn, never_cancel, no_progress
 from moecarve.recipe import Recipe
 from moecarve.recovery import recover, teacher_targets
 from moecarve.report.tokens import DEFAULT_MAX_TOKENS, TOKEN_ROUTES, record_token_routes
-from moecarve.routing_stats import attach_recorders, detach_recorders
+from moecarve.routing_stats import RoutingRecorder
 from moecarve.sources import load_config, load_model
 
 log = logging.getLogger(__name__)
@@ -116,11 +117,9 @@ def carve(
 
     heldout_stats: dict[str, Any] = {}
     if eval_ids is not None:
-        recorders = attach_recorders(outcome.blocks)
-        try:
+        recorders = {i: RoutingRecorder(b.num_experts) for i, b in outcome.blocks.items()}
+        with recording(outcome.blocks, recorders):
             evaluation["carved"] = perplexity(model, eval_ids, progress, "evaluate")
-        finally:
-            detach_recorders(outcome.blocks)
         heldout_stats = {str(i): r.summary() for i, r in recorders.items()}
         evaluation["ratio"] = evaluation["carved"]["perplexity"] / evaluation["dense"]["perplexity"]
     evaluation["carve_seconds"] = carve_seconds

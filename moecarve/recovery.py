@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from moecarve.errors import CancelledError
-from moecarve.moe import MoEBlock
+from moecarve.moe import MoEBlock, recording
 from moecarve.progress import CancelFn, ProgressEvent, ProgressFn, never_cancel, no_progress
 from moecarve.recipe import RecoverySpec
 from routers.balance import fit_selection_bias, load_cv
@@ -280,15 +280,9 @@ def rebalance_selection(model: nn.Module, blocks: dict[int, MoEBlock], chunks: t
     taps = {i: _ScoreTap() for i, b in blocks.items() if 0 < b.num_experts_per_tok < b.num_experts}
     if not taps:
         return []
-    kept = {i: blocks[i].recorder for i in taps}
-    for i, tap in taps.items():
-        blocks[i].recorder = tap
-    try:
+    with recording(blocks, taps):
         for chunk in chunks:
             model(input_ids=chunk.unsqueeze(0), use_cache=False)
-    finally:
-        for i, recorder in kept.items():
-            blocks[i].recorder = recorder
     before, after = [], []
     for i, tap in taps.items():
         block, scores = blocks[i], torch.cat(tap.scores)

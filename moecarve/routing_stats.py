@@ -113,15 +113,3 @@ def _all_neurons(block: MoEBlock, with_inputs: bool = True) -> tuple[Any, ...]:
         cat(block.shared_gate_bias, block.experts_gate_bias),
         down.float(),
     )
-
-
-def attach_recorders(blocks: dict[int, MoEBlock]) -> dict[int, RoutingRecorder]:
-    recorders = {}
-    for i, block in blocks.items():
-        recorders[i] = block.recorder = RoutingRecorder(block.num_experts)  # type: ignore[assignment]
-    return recorders
-
-
-def detach_recorders(blocks: dict[int, MoEBlock]) -> None:
-    for block in blocks.values():
-        block.recorder = None

@@ -14,6 +14,7 @@ from moecarve.architectures import arch_for
 from moecarve.calibration import read_text, tokenize, windows
 from moecarve.carving import carve_model
 from moecarve.evaluate import EvalProtocol, eval_rows, perplexity
+from moecarve.moe import recording
 from moecarve.plan import plan
 from moecarve.recipe import Recipe
 from moecarve.recovery import _validation_loss, rebalance_selection, recover, teacher_targets
@@ -35,11 +36,8 @@ def main() -> None:
 
     def score(tag: str) -> None:
         counters = {i: LoadCounter(b.num_experts) for i, b in out.blocks.items()}
-        for i, b in out.blocks.items():
-            b.recorder = counters[i]
-        ppl = perplexity(model, held_out)["perplexity"]
-        for b in out.blocks.values():
-            b.recorder = None
+        with recording(out.blocks, counters):
+            ppl = perplexity(model, held_out)["perplexity"]
         cv = [c.cv() for c in counters.values()]
         print(tag, json.dumps({"ppl": round(ppl, 3), "cv_mean": round(sum(cv) / len(cv), 3), "cv_max": round(max(cv), 3)}), flush=True)
 

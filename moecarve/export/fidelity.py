@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from moecarve.moe import MoEBlock
+from moecarve.moe import MoEBlock, recording
 from moecarve.progress import ProgressEvent, ProgressFn, no_progress
 
 
@@ -60,43 +60,40 @@ def fidelity_report(
 ) -> dict[str, Any]:
     """Compare ``exported`` with ``reference`` on ``rows`` (N, L); both fp32, eval mode."""
     ref_sel, exp_sel = _Selections(), _Selections()
-    for i, block in reference_blocks.items():
-        block.recorder = ref_sel.reference_recorder(i)
     routers = native_routers(exported, list(reference_blocks))
     handles = [r.register_forward_hook(exp_sel.router_hook(i)) for i, r in routers.items()]
     max_abs, sum_abs, n_logits = 0.0, 0.0, 0
     nll_ref, nll_exp, agree, tokens = 0.0, 0.0, 0, 0
     decisions, decision_diff, token_diff, isolated_diff = 0, 0, 0, 0
-    try:
-        for w, row in enumerate(rows):
-            progress(ProgressEvent(stage, w, len(rows), f"window {w + 1}/{len(rows)}"))
-            ids = row.unsqueeze(0)
-            a = reference(input_ids=ids, use_cache=False).logits[0].float()  # (L, V)
-            b = exported(input_ids=ids, use_cache=False).logits[0].float()
-            diff = (a - b).abs()
-            max_abs = max(max_abs, float(diff.max()))
-            sum_abs += float(diff.sum())
-            n_logits += diff.numel()
-            nll_ref += float(nn.functional.cross_entropy(a[:-1], row[1:], reduction="sum"))
-            nll_exp += float(nn.functional.cross_entropy(b[:-1], row[1:], reduction="sum"))
-            agree += int((a.argmax(-1) == b.argmax(-1)).sum())
-            tokens += row.numel()
-            differs = torch.zeros(row.numel(), dtype=torch.bool)
-            for i in reference_blocks:
-                d = (ref_sel.by_layer[i] != exp_sel.by_layer[i]).any(dim=-1)  # (L,)
-                decisions += d.numel()
-                decision_diff += int(d.sum())
-                differs |= d
-            token_diff += int(differs.sum())
-            for i, router in routers.items():  # the same layer input for both: conversion error only
-                x = ref_sel.inputs[i]
-                router(x.unsqueeze(0).to(next(router.parameters()).dtype))
-                isolated_diff += int((ref_sel.by_layer[i] != exp_sel.by_layer[i]).any(dim=-1).sum())
-    finally:
-        for block in reference_blocks.values():
-            block.recorder = None
-        for h in handles:
-            h.remove()
+    with recording(reference_blocks, {i: ref_sel.reference_recorder(i) for i in reference_blocks}):
+        try:
+            for w, row in enumerate(rows):
+                progress(ProgressEvent(stage, w, len(rows), f"window {w + 1}/{len(rows)}"))
+                ids = row.unsqueeze(0)
+                a = reference(input_ids=ids, use_cache=False).logits[0].float()  # (L, V)
+                b = exported(input_ids=ids, use_cache=False).logits[0].float()
+                diff = (a - b).abs()
+                max_abs = max(max_abs, float(diff.max()))
+                sum_abs += float(diff.sum())
+                n_logits += diff.numel()
+                nll_ref += float(nn.functional.cross_entropy(a[:-1], row[1:], reduction="sum"))
+                nll_exp += float(nn.functional.cross_entropy(b[:-1], row[1:], reduction="sum"))
+                agree += int((a.argmax(-1) == b.argmax(-1)).sum())
+                tokens += row.numel()
+                differs = torch.zeros(row.numel(), dtype=torch.bool)
+                for i in reference_blocks:
+                    d = (ref_sel.by_layer[i] != exp_sel.by_layer[i]).any(dim=-1)  # (L,)
+                    decisions += d.numel()
+                    decision_diff += int(d.sum())
+                    differs |= d
+                token_diff += int(differs.sum())
+                for i, router in routers.items():  # the same layer input for both: conversion error only
+                    x = ref_sel.inputs[i]
+                    router(x.unsqueeze(0).to(next(router.parameters()).dtype))
+                    isolated_diff += int((ref_sel.by_layer[i] != exp_sel.by_layer[i]).any(dim=-1).sum())
+        finally:
+            for h in handles:
+                h.remove()
     progress(ProgressEvent(stage, len(rows), len(rows), "done"))
     predicted = tokens - len(rows)
     return {

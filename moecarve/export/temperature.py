@@ -20,7 +20,7 @@ import torch
 from moecarve.calibration import read_text, tokenize, windows
 from moecarve.errors import CalibrationError
 from moecarve.export.base import exact_tau
-from moecarve.moe import MoEBlock
+from moecarve.moe import MoEBlock, recording
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +55,8 @@ def router_score_std(model: torch.nn.Module, blocks: dict[int, MoEBlock], rows: 
 
         return record
 
-    for i, block in blocks.items():
-        block.recorder = recorder(i)
-    try:
+    with recording(blocks, {i: recorder(i) for i in blocks}):
         model(input_ids=rows, use_cache=False)
-    finally:
-        for block in blocks.values():
-            block.recorder = None
     return stds
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from moecarve.moe import MoEBlock
+from moecarve.moe import MoEBlock, recording
 
 TOKEN_ROUTES = "token_routes.json"
 DEFAULT_MAX_TOKENS = 320
@@ -68,14 +68,8 @@ def record_token_routes(
 
         return record
 
-    saved = {i: b.recorder for i, b in blocks.items()}
-    try:
-        for i, block in blocks.items():
-            block.recorder = recorder_for(i)
+    with recording(blocks, {i: recorder_for(i) for i in blocks}):
         model(input_ids=ids.reshape(1, -1), use_cache=False)
-    finally:
-        for i, block in blocks.items():
-            block.recorder = saved[i]
     start = 0 if keep_last is None else max(0, ids.numel() - keep_last)
     id_list = [int(t) for t in ids.reshape(-1)[start:]]
     return {
