@@ -8,6 +8,7 @@ really see. Peak memory ≈ the model + one layer's inputs for the calibration w
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from torch import nn
 import clustering
 import routers
 from clustering.base import LayerProfile, PartitionRequest
+from clustering.refine import neuron_gains, refine_experts
 from moecarve.architectures import ArchSpec
 from moecarve.budgets import LayerCost, allocate, cost_curve
 from moecarve.corrections import block_order, refit_down
@@ -93,12 +95,38 @@ def build_block(
         options=recipe.router.options,
         activation=ffn.activation,
     )
-    router = routers.registry.get(recipe.router.method)(ctx)
+    build_router = routers.registry.get(recipe.router.method)
+    router = build_router(ctx)
+    rounds = recipe.partition.refine_rounds
+    if rounds and 1 <= lp.num_experts_per_tok < lp.num_experts:
+        experts, router = _refine(ctx, build_router, recipe.router.balance, rounds, router)
+        ctx = dataclasses.replace(ctx, experts=experts)
     block = MoEBlock.from_ffn(ffn, shared, experts, lp.num_experts_per_tok, router)
     if recipe.router.balance and lp.num_experts_per_tok < lp.num_experts:
         with torch.no_grad():
             block.selection_bias.copy_(fit_selection_bias(block.scores(ctx.x), lp.num_experts_per_tok))
     return block
+
+
+def _refine(ctx: RouterContext, build_router: Any, balance: bool, rounds: int, router: Any) -> tuple[torch.Tensor, Any]:
+    """``clustering.refine``: alternate expert re-placement and router re-fits on the sample."""
+    k = ctx.num_experts_per_tok
+    routed = ctx.experts.reshape(-1)
+    gains = neuron_gains(ctx.h, ctx.down, ctx.residual_projection(), routed)
+    built: dict[int, Any] = {}
+
+    def route(experts: torch.Tensor) -> tuple[torch.Tensor, float]:
+        c = dataclasses.replace(ctx, experts=experts)
+        r = router if experts is ctx.experts else build_router(c)
+        built[id(experts)] = r
+        scores = r(c.x).float()
+        bias = fit_selection_bias(scores, k) if balance else 0.0
+        selected = torch.topk(scores + bias, k, dim=1).indices
+        return selected, float(c.expert_gain().gather(1, selected).sum())
+
+    best, best_round = refine_experts(ctx.experts, gains, routed, route, rounds)
+    log.debug("partition refinement: kept round %d of %d", best_round, rounds)
+    return best, built[id(best)]
 
 
 @torch.no_grad()

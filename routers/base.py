@@ -35,6 +35,7 @@ class RouterContext:
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
     activation: str = "silu"  # the FFN's activation (routers built from neuron rows need it)
+    cache: dict[Any, torch.Tensor] = field(default_factory=dict, repr=False)  # shared by replace()
 
     @property
     def num_experts(self) -> int:
@@ -52,16 +53,25 @@ class RouterContext:
         output, the gain is ‖r‖² − ‖r − y_e‖² = 2⟨r, y_e⟩ − ‖y_e‖²: unlike ‖y_e‖ it credits only
         the part of an expert's output that the token actually needs.
         """
-        r = self.h @ self.down.t()  # (S, d) dense output without bias
-        if self.shared.numel():
-            r = r - self.h[:, self.shared] @ self.down[:, self.shared].t()
         E, m = self.experts.shape
         he = self.h[:, self.experts]  # (S, E, m)
-        cross = (he * (r @ self.down)[:, self.experts]).sum(-1)  # (S, E) ⟨r, y_e⟩
+        cross = (he * self.residual_projection()[:, self.experts]).sum(-1)  # (S, E) ⟨r, y_e⟩
         w = self.down[:, self.experts].permute(1, 0, 2)  # (E, d, m)
         grams = w.transpose(1, 2) @ w  # (E, m, m)
         sq = ((he.transpose(0, 1) @ grams) * he.transpose(0, 1)).sum(-1).t()  # (S, E) ‖y_e‖²
         return 2 * cross - sq
+
+    def residual_projection(self) -> torch.Tensor:
+        """(S, n) ⟨r_t, W_down[:, i]⟩ with r_t the dense output minus the shared expert's output
+        (without bias). Depends on the shared expert only, so contexts that differ in their routed
+        experts (``dataclasses.replace``, as partition refinement does) share one computation."""
+        key = ("residual_projection", id(self.h), id(self.down), id(self.shared))
+        if key not in self.cache:
+            r = self.h @ self.down.t()  # (S, d) dense output without bias
+            if self.shared.numel():
+                r = r - self.h[:, self.shared] @ self.down[:, self.shared].t()
+            self.cache[key] = r @ self.down
+        return self.cache[key]
 
     def expert_contribution(self) -> torch.Tensor:
         """(S, E) norm of each routed expert's true output on each sampled token."""

@@ -9,6 +9,7 @@ from moecarve.checkpoint import load_pretrained
 from moecarve.corrections import active_mask, block_order, gram_upper, refit_down, symmetric
 from moecarve.ffn import FFNWeights
 from moecarve.moe import MoEBlock
+from moecarve.report.tokens import moe_blocks
 from routers.base import RouterContext
 from routers.fitted import build as build_fitted
 from routers.fitted import captured_gain
@@ -130,12 +131,14 @@ def test_output_from_activations_equals_the_forward(k):
 @pytest.mark.integration
 @pytest.mark.parametrize(
     ("partition", "router", "refit"),
-    [("cmoe", "representative", False), ("weight_kmeans", "centroid", False), ("coact", "fitted", True)],
+    [("cmoe", "representative", False), ("weight_kmeans", "centroid", False), ("coact", "fitted", True),
+     ("random", "fitted", True)],
 )
 def test_methods_carve_and_round_trip(partition, router, refit, llama_dir, calib_file, tmp_path):
     recipe = {
         **tiny_recipe(llama_dir, calib_file),
-        "partition": {"method": partition},
+        # refinement on a random partition (it has the most to repair) and on coact
+        "partition": {"method": partition, "refine_rounds": 3 if router == "fitted" else 0},
         "router": {"method": router, "balance": True, "options": {"budget_seconds": 0.2}},
         "correction": {"refit_down": refit},
     }
@@ -146,3 +149,6 @@ def test_methods_carve_and_round_trip(partition, router, refit, llama_dir, calib
         after = load_pretrained(tmp_path / "out")(input_ids=ids).logits
     assert torch.equal(before, after)
     assert result.evaluation["carved"]["perplexity"] < 1e6
+    for block in moe_blocks(result.model).values():  # still a partition of every neuron into equal experts
+        neurons = torch.cat([block.shared_neurons, block.expert_neurons.reshape(-1)])
+        assert sorted(neurons.tolist()) == list(range(neurons.numel()))
