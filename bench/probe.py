@@ -2,8 +2,9 @@
 
 Much cheaper than perplexity (no model forward per configuration): for each captured layer,
 profile the calibration inputs, build the block exactly as ``carving.build_block`` does, optionally
-refit, and report on held-out inputs the relative FFN output error ‖ŷ − y‖² / ‖y‖² and the
-expert-load CV. Used to choose layouts and methods; perplexity confirms the choices.
+refit, and report on held-out inputs the relative FFN output error ‖ŷ − y‖² / ‖y‖², the same error
+with oracle routing (each token's k experts of largest true gain: what a perfect router would reach
+on this partition) and the expert-load CV. Used to choose layouts and methods; perplexity confirms the choices.
 """
 
 from __future__ import annotations
@@ -36,7 +37,15 @@ def probe_layer(ffn: FFNWeights, cal: torch.Tensor, held: torch.Tensor, recipe: 
     y = ffn.output(held)
     err = float(((block(held) - y) ** 2).sum() / (y**2).sum())
     sel = block.select(block.scores(held))
-    return {"err": err, "cv": load_cv(sel, block.num_experts), "seconds": seconds}
+    # oracle routing of the same block: each token's k experts with the largest true gain
+    shared = block.shared_output(held)
+    outs = block.all_expert_outputs(held)  # (T, E, d)
+    r = (y - shared).unsqueeze(1)
+    gain = 2 * (r * outs).sum(-1) - outs.square().sum(-1)
+    best = torch.topk(gain, block.num_experts_per_tok, dim=1).indices
+    oracle = shared + outs.gather(1, best[..., None].expand(-1, -1, outs.shape[-1])).sum(1)
+    oracle_err = float(((oracle - y) ** 2).sum() / (y**2).sum())
+    return {"err": err, "oracle_err": oracle_err, "cv": load_cv(sel, block.num_experts), "seconds": seconds}
 
 
 def capture_ffn_inputs(model: Any, layers: list[int], rows: torch.Tensor) -> dict[int, list[torch.Tensor]]:
@@ -88,6 +97,7 @@ def main() -> None:
             rows.append(probe_layer(ffn, torch.cat(caps[i][:-1]), caps[i][-1], recipe, i))
         errs = [r["err"] for r in rows]
         print(f"{fragment:70s} err {' '.join(f'{e:.4f}' for e in errs)}  mean {np.mean(errs):.4f}  "
+              f"oracle routing {np.mean([r['oracle_err'] for r in rows]):.4f}  "
               f"cv {np.mean([r['cv'] for r in rows]):.2f}", flush=True)
 
 
