@@ -100,7 +100,6 @@ def build_block(
     rounds = recipe.partition.refine_rounds
     if rounds and 1 <= lp.num_experts_per_tok < lp.num_experts:
         experts, router = _refine(ctx, build_router, recipe.router.balance, rounds, router)
-        ctx = dataclasses.replace(ctx, experts=experts)
     block = MoEBlock.from_ffn(ffn, shared, experts, lp.num_experts_per_tok, router)
     if recipe.router.balance and lp.num_experts_per_tok < lp.num_experts:
         with torch.no_grad():

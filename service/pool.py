@@ -133,12 +133,8 @@ class WorkerPool:
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM every worker (a running job goes back to the queue), then kill stragglers."""
-        self._stop.set()
+        self.signal_workers()  # those already signalled by the server's exit handler are not again
         procs = [(i, p) for i, p in enumerate(self._procs) if p is not None]
-        for _, p in procs:
-            if p.is_alive() and p.pid not in self._signalled:
-                self._signalled.add(p.pid)
-                p.terminate()
         deadline = time.monotonic() + timeout
         for _, p in procs:
             p.join(max(0.0, deadline - time.monotonic()))
