@@ -25,6 +25,7 @@ class LayerProfile:
     sample_x: np.ndarray  # (S, d) the FFN inputs of those tokens
     up: np.ndarray  # (n, d) up / fc1 rows
     gate: np.ndarray | None = None  # (n, d) gate rows of gated FFNs
+    sample_y: np.ndarray | None = None  # (S, d) the dense FFN's outputs on them (no down bias), when profiled
     marker_top_k: int = 10
     activation: str = "silu"  # the FFN's activation function (ACT2FN name)
 

@@ -52,6 +52,9 @@ class CarveOutcome:
     calibration_stats: dict[int, dict[str, Any]] = field(default_factory=dict)
     neuron_stats: dict[int, dict[str, list[float]]] = field(default_factory=dict)
     layer_seconds: dict[int, float] = field(default_factory=dict)
+    # the dense down projections (d, n, block order) of the refitted blocks: routing statistics'
+    # reference on held-out text (the blocks' own down projections no longer are the dense FFN)
+    dense_down: dict[int, torch.Tensor] = field(default_factory=dict)
     plan: Plan | None = None  # the plan carved (differs from the input with layer-adaptive budgets)
 
 
@@ -84,6 +87,7 @@ def build_block(
     ctx = RouterContext(
         x=torch.from_numpy(profile.sample_x),
         h=torch.from_numpy(profile.sample_h),
+        y=None if profile.sample_y is None else torch.from_numpy(profile.sample_y),
         up=ffn.up.float(),
         down=ffn.down.float(),
         gate=None if ffn.gate is None else ffn.gate.float(),
@@ -201,7 +205,10 @@ def carve_model(
             "shared": block.shared_neurons.tolist(),
             "experts": block.expert_neurons.tolist(),
         }
-        outcome.calibration_stats[i] = sample_routing_stats(block, profile)
+        dense_down = ffn.down[:, block_order(block)] if refit else None
+        if dense_down is not None:
+            outcome.dense_down[i] = dense_down
+        outcome.calibration_stats[i] = sample_routing_stats(block, profile, dense_down)
         if additive:  # carved output = dense output − dense FFN output + MoE output
             if carved_ffn is None:
                 carved_ffn = [block(c.x) for c in ffn_io]
@@ -282,7 +289,7 @@ def _profile_tap(
     """FFN tap: stream (x, h) into ``stats``; keep (x, y[, h]) in ``ffn_io`` when given."""
 
     def tap(x: torch.Tensor, h: torch.Tensor, y: torch.Tensor) -> None:
-        stats.update(x, h)
+        stats.update(x, h, y)
         if ffn_io is not None:
             ffn_io.append(FFNCall(x, y, h if keep_h else None))
 
@@ -296,12 +303,16 @@ def _model_target(recipe: Recipe, additive: bool) -> bool:
     return c.refit_down and c.target == "model" and additive
 
 
-def sample_routing_stats(block: MoEBlock, profile: LayerProfile) -> dict[str, Any]:
-    """Routing statistics of the new block on the profile's uniform sample of calibration tokens."""
-    recorder = RoutingRecorder(block.num_experts)
+def sample_routing_stats(
+    block: MoEBlock, profile: LayerProfile, reference_down: torch.Tensor | None = None
+) -> dict[str, Any]:
+    """Routing statistics of the new block on the profile's uniform sample of calibration tokens,
+    against the dense FFN (``reference_down``: its down projection in block order, if refit)."""
+    recorder = RoutingRecorder(block.num_experts, reference_down)
     if block.num_experts:
         x = torch.from_numpy(profile.sample_x).to(block.experts_up.dtype)
         scores = block.scores(x)
         h = torch.from_numpy(profile.sample_h)[:, block_order(block)]  # profiled: not recomputed
-        recorder(block, x, scores, block.select(scores), h=h)
+        dense = None if profile.sample_y is None else torch.from_numpy(profile.sample_y)
+        recorder(block, x, scores, block.select(scores), h=h, dense=dense)
     return recorder.summary()

@@ -190,15 +190,21 @@ class MoEBlock(nn.Module):
         """The block's output from its neurons' activations: (T, n) in block order (shared, then
         experts), (T, k) → (T, d). Equals ``forward`` on the tokens ``h`` came from when
         ``selected`` is their routing; the carving loop uses it because it already holds every
-        neuron's activation from the dense profiling pass. Only the selected experts' columns
-        are read (grouped by expert, as in ``routed_output``)."""
-        s, m = self.shared_size, self.expert_size
+        neuron's activation from the dense profiling pass."""
+        s = self.shared_size
         if s:
             out = nn.functional.linear(h[:, :s], self.shared_down, self.down_bias)
         else:
             out = h.new_zeros(h.shape[0], self.hidden_size)
             if self.down_bias is not None:
                 out = out + self.down_bias
+        return out + self.routed_from_activations(h, selected)
+
+    def routed_from_activations(self, h: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+        """The selected experts' summed output from block-order activations (T, n): (T, d). Only
+        the selected experts' columns are read (grouped by expert, as in ``routed_output``)."""
+        s, m = self.shared_size, self.expert_size
+        out = h.new_zeros(h.shape[0], self.hidden_size)
         for e, idx in expert_groups(selected, self.num_experts):
             cols = slice(s + e * m, s + (e + 1) * m)
             out.index_add_(0, idx, h[idx, cols] @ self.experts_down[e].t())

@@ -117,7 +117,7 @@ def carve(
 
     heldout_stats: dict[str, Any] = {}
     if eval_ids is not None:
-        recorders = {i: RoutingRecorder(b.num_experts) for i, b in outcome.blocks.items()}
+        recorders = {i: RoutingRecorder(b.num_experts, outcome.dense_down.get(i)) for i, b in outcome.blocks.items()}
         with recording(outcome.blocks, recorders):
             evaluation["carved"] = perplexity(model, eval_ids, progress, "evaluate")
         heldout_stats = {str(i): r.summary() for i, r in recorders.items()}

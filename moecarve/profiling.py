@@ -6,6 +6,8 @@ fixed-size uniform reservoir sample of tokens (random priority keys, keep the S 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -21,21 +23,24 @@ class NeuronStats:
     ) -> None:
         self.ffn = ffn
         self.act = ffn.act_fn()
-        n, d = ffn.num_neurons, ffn.hidden_size
+        n = ffn.num_neurons
         self.marker_top_k = min(marker_top_k, n)
         self.sample_tokens = sample_tokens
         self.count = 0
         self.markers = torch.zeros(n, dtype=torch.float64)
         self.sum_abs = torch.zeros(n, dtype=torch.float64)
         self.sum_sq = torch.zeros(n, dtype=torch.float64)
-        self.keys = torch.empty(0)
-        self.sample_x = torch.empty(0, d)
-        self.sample_h = torch.empty(0, n)
+        # the reservoir: S slots in arrival order (sorted by key once, in finalize); +inf = empty
+        self.keys = torch.full((sample_tokens,), math.inf)
+        self.slots: list[torch.Tensor] | None = None  # [x (S, d), h (S, n), y (S, d) when given]
+        self.with_y: bool | None = None
         self.generator = torch.Generator().manual_seed(seed)
 
     @torch.no_grad()
-    def update(self, x: torch.Tensor, h: torch.Tensor | None = None) -> None:
-        """Add FFN inputs ``x`` (T, d) and, when the caller has them, their activations ``h`` (T, n)."""
+    def update(self, x: torch.Tensor, h: torch.Tensor | None = None, y: torch.Tensor | None = None) -> None:
+        """Add FFN inputs ``x`` (T, d) and, when the caller has them, their activations ``h`` (T, n)
+        and the dense FFN's outputs ``y`` (T, d; kept for the sampled tokens, less the down bias).
+        Either every call passes ``y`` or none does."""
         x = x.reshape(-1, x.shape[-1]).float()
         h = self.ffn.hidden(x, self.act).float() if h is None else h.reshape(x.shape[0], -1).float()
         a = h.abs()
@@ -44,22 +49,38 @@ class NeuronStats:
         self.sum_sq += (h * h).sum(0, dtype=torch.float64)
         top = torch.topk(a, self.marker_top_k, dim=1).indices.reshape(-1)
         self.markers += torch.bincount(top, minlength=h.shape[1]).double()
-        self._reservoir(x, h)
+        if self.with_y is None:
+            self.with_y = y is not None
+        if self.with_y != (y is not None):
+            raise ValueError("pass the FFN output y with every update or with none")
+        rows = [x, h]
+        if y is not None:
+            y = y.reshape(x.shape).float()
+            rows.append(y if self.ffn.down_bias is None else y - self.ffn.down_bias.float())
+        self._reservoir(rows)
 
-    def _reservoir(self, x: torch.Tensor, h: torch.Tensor) -> None:
-        keys = torch.rand(x.shape[0], generator=self.generator)
-        if self.keys.numel() >= self.sample_tokens:  # full: only keys below the largest kept can enter
-            enter = keys < self.keys.max()
-            keys, x, h = keys[enter], x[enter], h[enter]
-        keys = torch.cat([self.keys, keys])
-        keep = torch.argsort(keys)[: self.sample_tokens]
-        self.keys = keys[keep]
-        self.sample_x = torch.cat([self.sample_x, x])[keep]
-        self.sample_h = torch.cat([self.sample_h, h])[keep]
+    def _reservoir(self, rows: list[torch.Tensor]) -> None:
+        """Keep the S tokens with the smallest random keys seen so far. Entering tokens overwrite
+        the slots of the keys they displace, so a call moves only the rows that enter."""
+        keys = torch.rand(rows[0].shape[0], generator=self.generator)
+        if self.slots is None:
+            self.slots = [torch.empty(self.sample_tokens, r.shape[1]) for r in rows]
+        S = self.sample_tokens
+        kept = torch.topk(torch.cat([self.keys, keys]), S, largest=False).indices
+        enter = kept[kept >= S] - S  # new tokens that make the sample
+        staying = torch.zeros(S, dtype=torch.bool)
+        staying[kept[kept < S]] = True
+        freed = torch.nonzero(~staying).flatten()  # as many slots as entering tokens
+        self.keys[freed] = keys[enter]
+        for slot, r in zip(self.slots, rows, strict=True):
+            slot[freed] = r[enter]
 
     def finalize(self) -> LayerProfile:
-        if self.count == 0:
+        if self.count == 0 or self.slots is None:
             raise ValueError("no calibration tokens reached this layer")
+        filled = torch.nonzero(self.keys < math.inf).flatten()
+        order = filled[torch.argsort(self.keys[filled])]  # ascending keys: the order is seed-determined
+        sample = [slot[order].numpy() for slot in self.slots]
         f = self.ffn
         return LayerProfile(
             num_tokens=self.count,
@@ -67,8 +88,9 @@ class NeuronStats:
             mean_abs=(self.sum_abs / self.count).numpy(),
             mean_sq=(self.sum_sq / self.count).numpy(),
             down_norm=f.down.float().norm(dim=0).double().numpy(),
-            sample_h=self.sample_h.numpy(),
-            sample_x=self.sample_x.numpy(),
+            sample_h=sample[1],
+            sample_x=sample[0],
+            sample_y=sample[2] if self.with_y else None,
             up=f.up.float().numpy(),
             gate=None if f.gate is None else f.gate.float().numpy(),
             marker_top_k=self.marker_top_k,

@@ -4,7 +4,12 @@ Per layer: expert load (share of routed slots), load coefficient of variation, m
 entropy, mean router entropy, relative FFN reconstruction error vs the dense FFN (all neurons),
 recall of dense activation mass (Σ|h_i|·‖W_down[:, i]‖ over active neurons ÷ over all neurons),
 the shares of output norm carried by the shared and routed parts, and expert co-selection counts.
-The dense reference (every neuron) is recomputed here in one pass: diagnostics, not the compute path.
+
+The dense reference is the *original* FFN: every neuron with the dense down projection. The block's
+own down projections are not a reference once ``correction.refit_down`` has re-solved them for
+the routed subsets, so the carving loop passes the dense outputs it profiled and the pipeline
+passes the dense down projection (``reference_down``). It is recomputed here in one pass:
+diagnostics, not the compute path.
 """
 
 from __future__ import annotations
@@ -18,8 +23,12 @@ from moecarve.moe import MoEBlock
 
 
 class RoutingRecorder:
-    def __init__(self, num_experts: int) -> None:
+    """``reference_down`` (d, n, block order): the dense FFN's down projection, when the block's
+    differs from it (refit); else the block's own is the dense one."""
+
+    def __init__(self, num_experts: int, reference_down: torch.Tensor | None = None) -> None:
         E = num_experts
+        self.reference_down = reference_down
         self.tokens = 0
         self.load = torch.zeros(E, dtype=torch.float64)
         self.coselect = torch.zeros(E, E, dtype=torch.float64)
@@ -39,9 +48,11 @@ class RoutingRecorder:
         scores: torch.Tensor,
         selected: torch.Tensor,
         h: torch.Tensor | None = None,
+        dense: torch.Tensor | None = None,
     ) -> None:
         """Record one batch; ``h`` (T, n, block order) are every neuron's activations on ``x``
-        when the caller already has them (the carving loop does), else they are recomputed."""
+        when the caller already has them (the carving loop does), else they are recomputed;
+        ``dense`` (T, d): the dense FFN's outputs without the down bias, when the caller has them."""
         x = x.float()
         T, E = x.shape[0], block.num_experts
         onehot = torch.zeros(T, E, dtype=torch.float64).scatter_(1, selected, 1.0)
@@ -56,14 +67,15 @@ class RoutingRecorder:
         if h is None:
             h = block._hidden(x, up, ub, gate, gb)  # (T, n)
         s = block.shared_size
-        mask = torch.cat([torch.ones(T, s), onehot.float().repeat_interleave(block.expert_size, dim=1)], dim=1)
         bias = 0.0 if block.down_bias is None else block.down_bias.double()
-        dense = (h @ down.t()).double() + bias
-        moe = ((h * mask) @ down.t()).double() + bias
+        ref = down if self.reference_down is None else self.reference_down.float()
+        dense = (h @ ref.t() if dense is None else dense.float()).double() + bias
         shared = (h[:, :s] @ down[:, :s].t()).double() + bias
-        mass = (h.abs() * down.norm(dim=0)).double()  # (T, n)
-        mass_all = mass.sum(1)
-        mass_sel = (mass * mask).sum(1)
+        moe = shared + block.routed_from_activations(h, selected).double()
+        mass = h.abs() * ref.norm(dim=0)  # (T, n): the dense neurons' output mass
+        mass_all = mass.sum(1, dtype=torch.float64)
+        per_expert = mass[:, s:].reshape(T, E, block.expert_size).sum(-1, dtype=torch.float64)  # (T, E)
+        mass_sel = mass[:, :s].sum(1, dtype=torch.float64) + per_expert.gather(1, selected).sum(1)
         self.err_sq += float(((moe - dense) ** 2).sum())
         self.dense_sq += float((dense**2).sum())
         self.mass_active += float(mass_sel.sum())

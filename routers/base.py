@@ -32,6 +32,7 @@ class RouterContext:
     experts: torch.Tensor  # (E, m)
     importance: torch.Tensor  # (n,) E[h²]·‖W_down[:, i]‖²
     num_experts_per_tok: int
+    y: torch.Tensor | None = None  # (S, d) dense FFN outputs without bias, when profiled (else recomputed)
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
     activation: str = "silu"  # the FFN's activation (routers built from neuron rows need it)
@@ -67,7 +68,7 @@ class RouterContext:
         experts (``dataclasses.replace``, as partition refinement does) share one computation."""
         key = ("residual_projection", id(self.h), id(self.down), id(self.shared))
         if key not in self.cache:
-            r = self.h @ self.down.t()  # (S, d) dense output without bias
+            r = self.h @ self.down.t() if self.y is None else self.y.float()  # (S, d) dense output without bias
             if self.shared.numel():
                 r = r - self.h[:, self.shared] @ self.down[:, self.shared].t()
             self.cache[key] = r @ self.down

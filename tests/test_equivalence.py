@@ -112,3 +112,49 @@ def test_later_layers_are_profiled_on_carved_inputs(family):
     torch.testing.assert_close(
         torch.tensor(got), torch.from_numpy(expected).float(), rtol=1e-3, atol=1e-7
     )
+
+
+@pytest.mark.parametrize("family", ["llama", "bert"])  # additive and non-additive FFNs
+def test_routing_statistics_compare_against_the_dense_ffn_after_the_refit(family):
+    """``refit_down`` re-solves the blocks' down projections, so "every neuron of the block" is no
+    longer the dense FFN: the reconstruction error and recall must use the original weights."""
+    from moecarve.carving import decoder_layers
+    from moecarve.ffn import extract_ffn
+    from moecarve.profiling import NeuronStats
+    from moecarve.routing_stats import RoutingRecorder
+
+    model, original = tiny_model(family), tiny_model(family)
+    ids = torch.randint(3, 300, (2, 48))
+    config = model.config.to_dict()
+    arch = arch_for(config)
+    recipe = Recipe.parse(
+        {"model": "tiny", "moe": "S2A2E8", "calibration": {"max_seq_length": 48}, "profile": {"sample_tokens": 64}}
+    )
+    assert recipe.correction.refit_down
+    outcome = carve_model(model, arch, plan(recipe, config), recipe, ids)
+    block = outcome.blocks[1]
+    ffn1 = extract_ffn(decoder_layers(original, arch)[1], arch, arch.activation(config))
+    assert not torch.allclose(block.experts_down.permute(1, 0, 2).reshape(ffn1.down.shape[0], -1),
+                              ffn1.down[:, block.expert_neurons.reshape(-1)])  # the refit changed them
+    # the carve's calibration sample, rebuilt: the same stream of layer-1 inputs and the same seed
+    stats = NeuronStats(ffn1, sample_tokens=64, seed=recipe.seed + 1)
+    handle = block.register_forward_pre_hook(lambda _m, args: stats.update(args[0]))
+    with torch.no_grad():
+        for row in ids:
+            model(input_ids=row.unsqueeze(0))
+    handle.remove()
+    x = torch.from_numpy(stats.finalize().sample_x)
+
+    def error(x: torch.Tensor) -> float:
+        with torch.no_grad():
+            dense = ffn1.output(x).double()
+            return float(((block(x).double() - dense) ** 2).sum() / (dense**2).sum())
+
+    assert outcome.calibration_stats[1]["reconstruction_error"] == pytest.approx(error(x), rel=1e-3)
+    # held-out statistics: the pipeline's recorder gets the dense down projection from the outcome
+    held = torch.randn(30, x.shape[1])
+    recorder = RoutingRecorder(block.num_experts, outcome.dense_down[1])
+    with torch.no_grad():
+        scores = block.scores(held)
+        recorder(block, held, scores, block.select(scores))
+    assert recorder.summary()["reconstruction_error"] == pytest.approx(error(held), rel=1e-3)

@@ -55,3 +55,21 @@ def test_reservoir_keeps_the_tokens_with_the_smallest_keys():
     keys = torch.cat([torch.rand(x.shape[0], generator=gen) for x in xs])
     want = torch.cat(xs)[torch.argsort(keys)[:20]]
     torch.testing.assert_close(torch.from_numpy(stats.finalize().sample_x), want, rtol=0, atol=0)
+
+
+def test_reservoir_keeps_the_dense_outputs_without_bias_and_handles_short_streams():
+    torch.manual_seed(0)
+    ffn = FFNWeights(up=torch.randn(12, 6), down=torch.randn(6, 12), down_bias=torch.randn(6), activation="gelu")
+    xs = [torch.randn(n, 6) for n in (5, 9)]
+    stats = NeuronStats(ffn, sample_tokens=20, seed=3)
+    for x in xs:
+        stats.update(x, y=ffn.output(x))  # fewer tokens than the sample size: all are kept
+    p = stats.finalize()
+    assert p.sample_x.shape == (14, 6) and p.sample_y.shape == (14, 6)
+    x = torch.from_numpy(p.sample_x)
+    torch.testing.assert_close(torch.from_numpy(p.sample_y), ffn.output(x) - ffn.down_bias, rtol=1e-5, atol=1e-5)
+    assert sorted(map(tuple, p.sample_x.tolist())) == sorted(map(tuple, torch.cat(xs).tolist()))
+    with pytest.raises(ValueError, match="every update or with none"):
+        stats.update(xs[0])
+    with pytest.raises(ValueError, match="no calibration tokens"):
+        NeuronStats(ffn, sample_tokens=20).finalize()
