@@ -27,10 +27,15 @@ from routers.balance import load_cv
 def probe_layer(ffn: FFNWeights, cal: torch.Tensor, held: torch.Tensor, recipe: Recipe, index: int) -> dict[str, Any]:
     start = time.perf_counter()
     stats = NeuronStats(ffn, recipe.profile.marker_top_k, recipe.profile.sample_tokens, recipe.seed + index)
-    for chunk in cal.split(2048):
-        stats.update(chunk)
+    h = ffn.hidden(cal, ffn.act_fn())
+    y = h @ ffn.down.t()  # the dense output without the down bias
+    bias = 0 if ffn.down_bias is None else ffn.down_bias
+    for rows in zip(cal.split(2048), h.split(2048), (y + bias).split(2048), strict=True):
+        stats.update(*rows)
     lp = _layer_plan(recipe, index, ffn.num_neurons)
-    block = build_block(ffn, stats.finalize(), lp, recipe, index)
+    # as the carve does when it keeps every activation: the router is fitted on all calibration tokens (by default)
+    block = build_block(ffn, stats.finalize(), lp, recipe, index, (cal, h, y) if recipe.router.fit_tokens == "calibration" else None)
+    del h, y
     if recipe.correction.refit_down:
         refit_down(block, ffn, list(cal.split(2048)), recipe.correction.ridge)
     seconds = time.perf_counter() - start

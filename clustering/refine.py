@@ -28,9 +28,10 @@ RouteFn = Callable[[torch.Tensor], tuple[torch.Tensor, float]]
 
 def neuron_gains(h: torch.Tensor, down: torch.Tensor, projection: torch.Tensor, routed: torch.Tensor) -> torch.Tensor:
     """(S, len(routed)) marginal gain of each routed neuron on each sampled token, from the
-    activations ``h`` (S, n), ``down`` (d, n) and ⟨r_t, w_i⟩ (``projection``, (S, n))."""
+    activations ``h`` (S, n), ``down`` (d, n) and ⟨r_t, w_i⟩ for the neurons ``routed``, in that
+    order (``projection``, (S, len(routed)))."""
     hr = h[:, routed]
-    return 2 * hr * projection[:, routed] - hr.square() * down[:, routed].square().sum(0)
+    return 2 * hr * projection - hr.square() * down[:, routed].square().sum(0)
 
 
 def refine_experts(

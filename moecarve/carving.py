@@ -41,8 +41,9 @@ from routers.base import RouterContext
 
 log = logging.getLogger(__name__)
 
-# The refit reuses the dense activations the profiling pass computed when one layer's worth for
-# all calibration tokens fits in this many bytes (SmolLM2: 100 MB); above it they are recomputed.
+# The router fit and the refit reuse the dense activations the profiling pass computed when one
+# layer's worth for all calibration tokens fits in this many bytes (SmolLM2: 100 MB); above it the
+# router is fitted on the profile's sample and the refit recomputes them.
 KEEP_ACTIVATIONS_BYTES = 2 << 30
 
 
@@ -70,8 +71,16 @@ def install_block(layer: nn.Module, arch: ArchSpec, block: nn.Module) -> None:
 
 
 def build_block(
-    ffn: FFNWeights, profile: LayerProfile, lp: LayerPlan, recipe: Recipe, layer_index: int
+    ffn: FFNWeights,
+    profile: LayerProfile,
+    lp: LayerPlan,
+    recipe: Recipe,
+    layer_index: int,
+    fit_tokens: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> MoEBlock:
+    """Partition on the profile, then fit the router on ``fit_tokens`` (FFN inputs (T, d),
+    activations (T, n), dense outputs less the down bias (T, d): every calibration token, when the
+    carve kept them) or else on the profile's token sample; the selection bias on the sample."""
     seed = recipe.seed + layer_index
     request = PartitionRequest(
         num_shared=lp.shared_size,
@@ -84,10 +93,14 @@ def build_block(
     part = clustering.registry.get(recipe.partition.method)(profile, request).validate(ffn.num_neurons, request)
     shared = torch.from_numpy(part.shared.astype(np.int64))
     experts = torch.from_numpy(part.experts.astype(np.int64))
+    sample_x = torch.from_numpy(profile.sample_x)
+    if fit_tokens is None:
+        y = None if profile.sample_y is None else torch.from_numpy(profile.sample_y)
+        fit_tokens = (sample_x, torch.from_numpy(profile.sample_h), y)
     ctx = RouterContext(
-        x=torch.from_numpy(profile.sample_x),
-        h=torch.from_numpy(profile.sample_h),
-        y=None if profile.sample_y is None else torch.from_numpy(profile.sample_y),
+        x=fit_tokens[0],
+        h=fit_tokens[1],
+        y=fit_tokens[2],
         up=ffn.up.float(),
         down=ffn.down.float(),
         gate=None if ffn.gate is None else ffn.gate.float(),
@@ -107,14 +120,15 @@ def build_block(
     block = MoEBlock.from_ffn(ffn, shared, experts, lp.num_experts_per_tok, router)
     if recipe.router.balance and lp.num_experts_per_tok < lp.num_experts:
         with torch.no_grad():
-            block.selection_bias.copy_(fit_selection_bias(block.scores(ctx.x), lp.num_experts_per_tok))
+            # the sample evens the load as well as every token does (probes: same error and CV)
+            block.selection_bias.copy_(fit_selection_bias(block.scores(sample_x), lp.num_experts_per_tok))
     return block
 
 
 def _refine(ctx: RouterContext, build_router: Any, balance: bool, rounds: int, router: Any) -> tuple[torch.Tensor, Any]:
     """``clustering.refine``: alternate expert re-placement and router re-fits on the sample."""
     k = ctx.num_experts_per_tok
-    routed = ctx.experts.reshape(-1)
+    routed = ctx.routed_neurons
     gains = neuron_gains(ctx.h, ctx.down, ctx.residual_projection(), routed)
     built: dict[int, Any] = {}
 
@@ -174,7 +188,8 @@ def carve_model(
         with ffn_taps(submodule(layer, arch.replace), submodule(layer, arch.down), tap):
             dense_out = [run_layer(layer, h, c) for h, c in zip(state.hidden, calls, strict=True)]
         profile = stats.finalize()
-        block = build_block(ffn, profile, lp, recipe, i)
+        every_token = keep_h and recipe.router.fit_tokens == "calibration"
+        block = build_block(ffn, profile, lp, recipe, i, _fit_tokens(ffn, ffn_io) if every_token else None)
         targets = None
         if refit:
             bias = 0 if ffn.down_bias is None else ffn.down_bias
@@ -269,6 +284,15 @@ def adaptive_plan(
         )
     log.info("layer budgets (active units): %s", {lp.layer: a for lp, a in zip(chosen, alloc, strict=True)})
     return plan(recipe, config, planned)
+
+
+def _fit_tokens(ffn: FFNWeights, ffn_io: list[FFNCall]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every calibration token's FFN input (T, d), activations (T, n) and dense output less the
+    down bias (T, d), in fp32."""
+    x = torch.cat([c.x.reshape(-1, c.x.shape[-1]) for c in ffn_io]).float()
+    h = torch.cat([c.h.reshape(-1, c.h.shape[-1]) for c in ffn_io if c.h is not None]).float()
+    y = torch.cat([c.y.reshape(-1, c.y.shape[-1]) for c in ffn_io]).float()
+    return x, h, y if ffn.down_bias is None else y - ffn.down_bias.float()
 
 
 def _calibration_tokens(

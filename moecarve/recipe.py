@@ -157,7 +157,7 @@ class PartitionSpec(_Strict):
         le=50,
         description="Rounds of refinement against the router: re-place routed neurons (balanced) "
         "where the current routing uses them most, re-fit the router, keep the best round by "
-        "captured gain on the profiled sample (stops early at a fixed point); 0 = off.",
+        "captured gain on the router's fitting tokens (stops early at a fixed point); 0 = off.",
     )
 
     _v = field_validator("method")(classmethod(lambda cls, v: _check_partition(v)))
@@ -168,6 +168,11 @@ class RouterSpec(_Strict):
     options: dict[str, Any] = Field(default_factory=dict, description="Method-specific options.")
     balance: bool = Field(
         True, description="Fit a per-expert selection bias on calibration routing so expert load is even."
+    )
+    fit_tokens: Literal["calibration", "sample"] = Field(
+        "calibration",
+        description="Tokens the router is fitted on: 'calibration' = every calibration token when the carve keeps "
+        "their activations in memory (else the sample); 'sample' = the profile's bounded sample (faster).",
     )
 
     _v = field_validator("method")(classmethod(lambda cls, v: _check_router(v)))

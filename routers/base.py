@@ -21,7 +21,8 @@ class Router(nn.Module):
 
 @dataclass
 class RouterContext:
-    """One layer's data for building a router (S sampled tokens, n neurons, E experts of m)."""
+    """One layer's data for building a router (S tokens, n neurons, E experts of m). The tokens are
+    every calibration token when the carve kept their activations, else the profile's sample."""
 
     x: torch.Tensor  # (S, d) FFN inputs
     h: torch.Tensor  # (S, n) neuron activations
@@ -43,7 +44,7 @@ class RouterContext:
         return self.experts.shape[0]
 
     def expert_outputs(self, e: int) -> torch.Tensor:
-        """(S, d) routed expert ``e``'s true output on each sampled token."""
+        """(S, d) routed expert ``e``'s true output on each token."""
         idx = self.experts[e]
         return self.h[:, idx] @ self.down[:, idx].t()
 
@@ -55,27 +56,43 @@ class RouterContext:
         the part of an expert's output that the token actually needs.
         """
         E, m = self.experts.shape
-        he = self.h[:, self.experts]  # (S, E, m)
-        cross = (he * self.residual_projection()[:, self.experts]).sum(-1)  # (S, E) ⟨r, y_e⟩
+        S = self.h.shape[0]
+        flat = self.experts.reshape(-1)
+        he = self.h[:, flat]  # (S, E·m)
+        column = torch.empty(self.down.shape[1], dtype=torch.long)
+        column[self.routed_neurons] = torch.arange(self.routed_neurons.numel())
+        cross = (he * self.residual_projection()[:, column[flat]]).view(S, E, m).sum(-1)  # (S, E) ⟨r, y_e⟩
         w = self.down[:, self.experts].permute(1, 0, 2)  # (E, d, m)
         grams = w.transpose(1, 2) @ w  # (E, m, m)
-        sq = ((he.transpose(0, 1) @ grams) * he.transpose(0, 1)).sum(-1).t()  # (S, E) ‖y_e‖²
+        he = he.view(S, E, m).transpose(0, 1)  # (E, S, m)
+        sq = ((he @ grams) * he).sum(-1).t()  # (S, E) ‖y_e‖²
         return 2 * cross - sq
 
+    @property
+    def routed_neurons(self) -> torch.Tensor:
+        """(n_r,) the neurons outside the shared expert, ascending."""
+        keep = torch.ones(self.down.shape[1], dtype=torch.bool)
+        keep[self.shared] = False
+        return torch.nonzero(keep).flatten()
+
     def residual_projection(self) -> torch.Tensor:
-        """(S, n) ⟨r_t, W_down[:, i]⟩ with r_t the dense output minus the shared expert's output
-        (without bias). Depends on the shared expert only, so contexts that differ in their routed
+        """(S, n_r) ⟨r_t, W_down[:, i]⟩ for the routed neurons i (``routed_neurons`` order), with
+        r_t the dense output minus the shared expert's output (without bias): the routed neurons'
+        summed output. Depends on the shared expert only, so contexts that differ in their routed
         experts (``dataclasses.replace``, as partition refinement does) share one computation."""
         key = ("residual_projection", id(self.h), id(self.down), id(self.shared))
         if key not in self.cache:
-            r = self.h @ self.down.t() if self.y is None else self.y.float()  # (S, d) dense output without bias
-            if self.shared.numel():
-                r = r - self.h[:, self.shared] @ self.down[:, self.shared].t()
-            self.cache[key] = r @ self.down
+            routed = self.routed_neurons
+            w = self.down[:, routed]
+            if self.y is None or routed.numel() <= self.shared.numel():
+                r = self.h[:, routed] @ w.t()  # (S, d): the cheaper side of y = shared + routed
+            else:
+                r = self.y.float() - self.h[:, self.shared] @ self.down[:, self.shared].t()
+            self.cache[key] = r @ w
         return self.cache[key]
 
     def expert_contribution(self) -> torch.Tensor:
-        """(S, E) norm of each routed expert's true output on each sampled token."""
+        """(S, E) norm of each routed expert's true output on each token."""
         out = []
         for e in range(self.num_experts):
             idx = self.experts[e]

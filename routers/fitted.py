@@ -1,9 +1,9 @@
 """``fitted``: a linear router fitted in seconds to rank experts by their true contribution.
 
-Target: for each sampled token, each routed expert's *gain* — how much adding it to the shared
-output lowers the squared error against the dense FFN output (``RouterContext.expert_gain``),
-standardised per token so every token's ranking counts equally. Two stages, both on the profiled
-sample only:
+Target: for each token of the router context (every calibration token when the carve kept their
+activations, else the profile's sample), each routed expert's *gain* — how much adding it to the
+shared output lowers the squared error against the dense FFN output (``RouterContext.expert_gain``),
+standardised per token so every token's ranking counts equally. Two stages:
 1. ridge least squares x → standardised gains (closed form);
 2. within ``budget_seconds``: Adam on a listwise loss (softmax cross-entropy towards each token's
    oracle top-k), early-stopped on a held-out slice by the share of oracle gain the top-k keeps.
@@ -35,11 +35,11 @@ def captured_gain(scores: torch.Tensor, gain: torch.Tensor, k: int) -> float:
 
 def least_squares(x: torch.Tensor, z: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Ridge fit z ≈ x Wᵀ + b: (S, d), (S, E) → W (E, d), b (E,)."""
-    mu = x.mean(0)
-    xc = (x - mu).double()
-    gram = xc.T @ xc
+    mu = x.mean(0, dtype=torch.float64).float()
+    xc = x - mu  # fp32 products (the centring keeps them well scaled), fp64 solve
+    gram = (xc.T @ xc).double()
     gram += ridge * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype)
-    w = torch.linalg.solve(gram, xc.T @ (z - z.mean(0)).double()).float()  # (d, E)
+    w = torch.linalg.solve(gram, (xc.T @ (z - z.mean(0))).double()).float()  # (d, E)
     return w.T.contiguous(), z.mean(0) - mu @ w
 
 

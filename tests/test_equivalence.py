@@ -158,3 +158,23 @@ def test_routing_statistics_compare_against_the_dense_ffn_after_the_refit(family
         scores = block.scores(held)
         recorder(block, held, scores, block.select(scores))
     assert recorder.summary()["reconstruction_error"] == pytest.approx(error(held), rel=1e-3)
+
+
+def test_router_fitted_on_every_calibration_token():
+    """``router.fit_tokens: calibration`` fits the router on every calibration token the carve
+    kept. With a sample that already holds every token the two settings see the same tokens (in
+    another order) and must fit the same router; with a smaller sample they differ."""
+    ids = torch.randint(3, 300, (2, 48))
+
+    def carve(fit_tokens: str, sample_tokens: int) -> torch.Tensor:
+        model = tiny_model("llama")
+        config = model.config.to_dict()
+        recipe = Recipe.parse({
+            "model": "tiny", "moe": "S2A2E8", "calibration": {"max_seq_length": 48},
+            "profile": {"sample_tokens": sample_tokens}, "router": {"fit_tokens": fit_tokens},
+        })
+        outcome = carve_model(model, arch_for(config), plan(recipe, config), recipe, ids)
+        return outcome.blocks[0].router.weight.detach().clone()
+
+    torch.testing.assert_close(carve("calibration", 96), carve("sample", 96), rtol=1e-3, atol=1e-4)
+    assert not torch.allclose(carve("calibration", 64), carve("sample", 64), rtol=1e-2, atol=1e-3)

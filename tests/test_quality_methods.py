@@ -44,6 +44,24 @@ def test_expert_gain_is_the_drop_in_squared_error():
 
 
 @pytest.mark.unit
+@pytest.mark.parametrize("s", [8, 40])  # fewer / more shared than routed neurons: r from y or from h
+def test_expert_gain_from_profiled_dense_outputs_equals_recomputing_them(s):
+    """With the dense outputs ``y`` at hand the residual comes from whichever side of
+    y = shared + routed is cheaper; the gains must not depend on which."""
+    import dataclasses
+
+    ffn = make_ffn()
+    ctx = make_ctx(ffn, torch.randn(30, 16), E=2 if s == 40 else 8, s=s)
+    with_y = dataclasses.replace(ctx, y=ctx.h @ ctx.down.t(), cache={})
+    torch.testing.assert_close(with_y.expert_gain(), ctx.expert_gain(), rtol=1e-4, atol=1e-3)
+    dense = ctx.h @ ctx.down.t()
+    r = dense - ctx.h[:, ctx.shared] @ ctx.down[:, ctx.shared].t()
+    routed = ctx.routed_neurons
+    assert sorted(ctx.experts.reshape(-1).tolist()) == routed.tolist()
+    torch.testing.assert_close(with_y.residual_projection(), (r @ ctx.down)[:, routed], rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.unit
 def test_fitted_router_beats_a_random_one_and_respects_budget():
     ffn = make_ffn()
     x = torch.randn(2000, 16)
