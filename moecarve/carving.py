@@ -126,7 +126,7 @@ def build_block(
 
 
 def _refine(ctx: RouterContext, build_router: Any, balance: bool, rounds: int, router: Any) -> tuple[torch.Tensor, Any]:
-    """``clustering.refine``: alternate expert re-placement and router re-fits on the sample."""
+    """``clustering.refine``: alternate expert re-placement and router re-fits on the router's tokens."""
     k = ctx.num_experts_per_tok
     routed = ctx.routed_neurons
     gains = neuron_gains(ctx.h, ctx.down, ctx.residual_projection(), routed)
