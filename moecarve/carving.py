@@ -290,7 +290,7 @@ def _fit_tokens(ffn: FFNWeights, ffn_io: list[FFNCall]) -> tuple[torch.Tensor, t
     """Every calibration token's FFN input (T, d), activations (T, n) and dense output less the
     down bias (T, d), in fp32."""
     x = torch.cat([c.x.reshape(-1, c.x.shape[-1]) for c in ffn_io]).float()
-    h = torch.cat([c.h.reshape(-1, c.h.shape[-1]) for c in ffn_io if c.h is not None]).float()
+    h = torch.cat([c.h.reshape(-1, c.h.shape[-1]) for c in ffn_io]).float()  # type: ignore[union-attr]
     y = torch.cat([c.y.reshape(-1, c.y.shape[-1]) for c in ffn_io]).float()
     return x, h, y if ffn.down_bias is None else y - ffn.down_bias.float()
 

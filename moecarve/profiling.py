@@ -33,7 +33,6 @@ class NeuronStats:
         # the reservoir: S slots in arrival order (sorted by key once, in finalize); +inf = empty
         self.keys = torch.full((sample_tokens,), math.inf)
         self.slots: list[torch.Tensor] | None = None  # [x (S, d), h (S, n), y (S, d) when given]
-        self.with_y: bool | None = None
         self.generator = torch.Generator().manual_seed(seed)
 
     @torch.no_grad()
@@ -49,9 +48,7 @@ class NeuronStats:
         self.sum_sq += (h * h).sum(0, dtype=torch.float64)
         top = torch.topk(a, self.marker_top_k, dim=1).indices.reshape(-1)
         self.markers += torch.bincount(top, minlength=h.shape[1]).double()
-        if self.with_y is None:
-            self.with_y = y is not None
-        if self.with_y != (y is not None):
+        if self.slots is not None and (len(self.slots) == 3) != (y is not None):
             raise ValueError("pass the FFN output y with every update or with none")
         rows = [x, h]
         if y is not None:
@@ -90,7 +87,7 @@ class NeuronStats:
             down_norm=f.down.float().norm(dim=0).double().numpy(),
             sample_h=sample[1],
             sample_x=sample[0],
-            sample_y=sample[2] if self.with_y else None,
+            sample_y=sample[2] if len(sample) == 3 else None,
             up=f.up.float().numpy(),
             gate=None if f.gate is None else f.gate.float().numpy(),
             marker_top_k=self.marker_top_k,

@@ -28,7 +28,7 @@ class RoutingRecorder:
 
     def __init__(self, num_experts: int, reference_down: torch.Tensor | None = None) -> None:
         E = num_experts
-        self.reference_down = reference_down
+        self.reference_down = None if reference_down is None else reference_down.float()
         self.tokens = 0
         self.load = torch.zeros(E, dtype=torch.float64)
         self.coselect = torch.zeros(E, E, dtype=torch.float64)
@@ -68,7 +68,7 @@ class RoutingRecorder:
             h = block._hidden(x, up, ub, gate, gb)  # (T, n)
         s = block.shared_size
         bias = 0.0 if block.down_bias is None else block.down_bias.double()
-        ref = down if self.reference_down is None else self.reference_down.float()
+        ref = down if self.reference_down is None else self.reference_down
         dense = (h @ ref.t() if dense is None else dense.float()).double() + bias
         shared = (h[:, :s] @ down[:, :s].t()).double() + bias
         moe = shared + block.routed_from_activations(h, selected).double()

@@ -55,18 +55,25 @@ class RouterContext:
         output, the gain is ‖r‖² − ‖r − y_e‖² = 2⟨r, y_e⟩ − ‖y_e‖²: unlike ‖y_e‖ it credits only
         the part of an expert's output that the token actually needs.
         """
+        # keyed by the experts' content: partition refinement scores each candidate partition
+        # with the gains its router was just fitted on
+        key = ("expert_gain", id(self.h), id(self.down), id(self.shared), self.experts.numpy().tobytes())
+        if key in self.cache:
+            return self.cache[key]
         E, m = self.experts.shape
         S = self.h.shape[0]
         flat = self.experts.reshape(-1)
         he = self.h[:, flat]  # (S, E·m)
+        routed = self.routed_neurons
         column = torch.empty(self.down.shape[1], dtype=torch.long)
-        column[self.routed_neurons] = torch.arange(self.routed_neurons.numel())
+        column[routed] = torch.arange(routed.numel())
         cross = (he * self.residual_projection()[:, column[flat]]).view(S, E, m).sum(-1)  # (S, E) ⟨r, y_e⟩
         w = self.down[:, self.experts].permute(1, 0, 2)  # (E, d, m)
         grams = w.transpose(1, 2) @ w  # (E, m, m)
         he = he.view(S, E, m).transpose(0, 1)  # (E, S, m)
         sq = ((he @ grams) * he).sum(-1).t()  # (S, E) ‖y_e‖²
-        return 2 * cross - sq
+        self.cache[key] = gain = 2 * cross - sq
+        return gain
 
     @property
     def routed_neurons(self) -> torch.Tensor:
