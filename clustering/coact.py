@@ -11,6 +11,7 @@ Options: ``iters`` (balanced rounds, default 15), ``init`` ("kmeans++" default, 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from sklearn.cluster import KMeans
 
 from clustering.balanced import balanced_assign, groups_from_assignment
@@ -23,12 +24,14 @@ MAX_FEATURES = (
 
 def neuron_features(profile: LayerProfile, neurons: np.ndarray, seed: int) -> np.ndarray:
     """(len(neurons), f) unit-norm co-activation profiles."""
-    weight = profile.down_norm[neurons, None].astype(np.float32)
-    feats = np.abs(profile.sample_h[:, neurons]).T * weight  # (n, S), fp32 like the activations
+    weight = torch.from_numpy(profile.down_norm[neurons].astype(np.float32))
+    h = torch.from_numpy(profile.sample_h)[:, torch.from_numpy(neurons.astype(np.int64))]
+    feats = (h.abs() * weight).T  # (n, S), fp32 like the activations
     if feats.shape[1] > MAX_FEATURES:
         rng = np.random.default_rng(seed)
         proj = rng.standard_normal((feats.shape[1], MAX_FEATURES)) / np.sqrt(MAX_FEATURES)
-        feats = (feats @ proj.astype(np.float32)).astype(np.float64)
+        feats = feats @ torch.from_numpy(proj.astype(np.float32))
+    feats = feats.double().numpy()
     norms = np.linalg.norm(feats, axis=1, keepdims=True)
     return feats / np.maximum(norms, 1e-12)
 

@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 # layer's worth for all calibration tokens fits in this many bytes (SmolLM2: 100 MB); above it the
 # router is fitted on the profile's sample and the refit recomputes them.
 KEEP_ACTIVATIONS_BYTES = 2 << 30
+# the refit and the carved output take the kept activations in row blocks of at most this size
+# (SmolLM2: all 16,384 calibration tokens at once; one product per Gram band is ~30 % faster
+# than one per 2048-token window)
+REFIT_CHUNK_BYTES = 512 << 20
 
 
 @dataclass
@@ -76,11 +80,26 @@ def build_block(
     lp: LayerPlan,
     recipe: Recipe,
     layer_index: int,
-    fit_tokens: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    fit_tokens: tuple[torch.Tensor, torch.Tensor | list[torch.Tensor], torch.Tensor | None] | None = None,
 ) -> MoEBlock:
     """Partition on the profile, then fit the router on ``fit_tokens`` (FFN inputs (T, d),
-    activations (T, n), dense outputs less the down bias (T, d): every calibration token, when the
-    carve kept them) or else on the profile's token sample; the selection bias on the sample."""
+    activations (T, n) in dense neuron order, or a list of row blocks of them, and dense outputs
+    less the down bias (T, d): every calibration token, when the carve kept them) or else on the
+    profile's token sample; the selection bias on the sample."""
+    return _build(ffn, profile, lp, recipe, layer_index, fit_tokens)[0]
+
+
+def _build(
+    ffn: FFNWeights,
+    profile: LayerProfile,
+    lp: LayerPlan,
+    recipe: Recipe,
+    layer_index: int,
+    fit_tokens: tuple[torch.Tensor, torch.Tensor | list[torch.Tensor], torch.Tensor | None] | None,
+) -> tuple[MoEBlock, torch.Tensor]:
+    """``build_block``, also returning the router's token activations in the block's neuron order
+    (T, n). The router sees the layer in block order (shared neurons, then each expert's), so the
+    per-expert slices its gains read are views, and the carve reuses the activations for the refit."""
     seed = recipe.seed + layer_index
     request = PartitionRequest(
         num_shared=lp.shared_size,
@@ -93,20 +112,23 @@ def build_block(
     part = clustering.registry.get(recipe.partition.method)(profile, request).validate(ffn.num_neurons, request)
     shared = torch.from_numpy(part.shared.astype(np.int64))
     experts = torch.from_numpy(part.experts.astype(np.int64))
+    order = torch.cat([shared, experts.reshape(-1)])
     sample_x = torch.from_numpy(profile.sample_x)
     if fit_tokens is None:
         y = None if profile.sample_y is None else torch.from_numpy(profile.sample_y)
         fit_tokens = (sample_x, torch.from_numpy(profile.sample_h), y)
+    x, h, y = fit_tokens
+    s = shared.numel()
     ctx = RouterContext(
-        x=fit_tokens[0],
-        h=fit_tokens[1],
-        y=fit_tokens[2],
-        up=ffn.up.float(),
-        down=ffn.down.float(),
-        gate=None if ffn.gate is None else ffn.gate.float(),
-        shared=shared,
-        experts=experts,
-        importance=torch.from_numpy(profile.importance).float(),
+        x=x,
+        h=gather_columns(h if isinstance(h, list) else [h], order),
+        y=y,
+        up=ffn.up.float()[order],
+        down=ffn.down.float()[:, order],
+        gate=None if ffn.gate is None else ffn.gate.float()[order],
+        shared=torch.arange(s),
+        experts=torch.arange(s, order.numel()).view(experts.shape),
+        importance=torch.from_numpy(profile.importance).float()[order],
         num_experts_per_tok=lp.num_experts_per_tok,
         seed=seed,
         options=recipe.router.options,
@@ -116,13 +138,26 @@ def build_block(
     router = build_router(ctx)
     rounds = recipe.partition.refine_rounds
     if rounds and 1 <= lp.num_experts_per_tok < lp.num_experts:
-        experts, router = _refine(ctx, build_router, recipe.router.balance, rounds, router)
+        placed, router = _refine(ctx, build_router, recipe.router.balance, rounds, router)
+        experts = order[placed]  # block positions → dense neurons
     block = MoEBlock.from_ffn(ffn, shared, experts, lp.num_experts_per_tok, router)
     if recipe.router.balance and lp.num_experts_per_tok < lp.num_experts:
         with torch.no_grad():
             # the sample evens the load as well as every token does (probes: same error and CV)
             block.selection_bias.copy_(fit_selection_bias(block.scores(sample_x), lp.num_experts_per_tok))
-    return block
+    new_order = block_order(block)
+    return block, ctx.h if torch.equal(new_order, order) else ctx.h[:, torch.argsort(order)[new_order]]
+
+
+def gather_columns(blocks: list[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
+    """``torch.cat(blocks)[:, index]`` in fp32, gathered straight into one (T, len(index)) tensor."""
+    blocks = [b.reshape(-1, b.shape[-1]) for b in blocks]
+    out = torch.empty(sum(b.shape[0] for b in blocks), index.numel(), dtype=torch.float32)
+    row = 0
+    for b in blocks:
+        torch.index_select(b.float(), 1, index, out=out[row : row + b.shape[0]])
+        row += b.shape[0]
+    return out
 
 
 def _refine(ctx: RouterContext, build_router: Any, balance: bool, rounds: int, router: Any) -> tuple[torch.Tensor, Any]:
@@ -189,7 +224,8 @@ def carve_model(
             dense_out = [run_layer(layer, h, c) for h, c in zip(state.hidden, calls, strict=True)]
         profile = stats.finalize()
         every_token = keep_h and recipe.router.fit_tokens == "calibration"
-        block = build_block(ffn, profile, lp, recipe, i, _fit_tokens(ffn, ffn_io) if every_token else None)
+        fit = _fit_tokens(ffn, ffn_io) if every_token else None
+        block, h_block = _build(ffn, profile, lp, recipe, i, fit)
         targets = None
         if refit:
             bias = 0 if ffn.down_bias is None else ffn.down_bias
@@ -198,16 +234,24 @@ def carve_model(
                 targets = [t + r - o for t, r, o in zip(targets, reference_out, dense_out, strict=True)]
         carved_ffn = None
         if keep_h:  # every neuron's activation is in hand: refit and carved output need no recompute
-            xs, hs, sels = _calibration_tokens(block, ffn_io)
+            x, h = (fit[0], h_block) if fit is not None else _calibration_tokens(block, ffn_io)
+            for c in ffn_io:
+                c.h = None  # h holds them now, in block order
+            k = block.num_experts_per_tok if block.num_experts else 0
+            dtype = block.experts_down.dtype  # x and h are fp32; the block runs in the model's dtype
+            sel = block.select(block.scores(x.to(dtype))) if k else torch.empty(x.shape[0], 0, dtype=torch.long)
+            rows = _row_chunks(x.shape[0], ffn.num_neurons)  # few, large products: the Gram is the refit's cost
             if refit:
-                refit_down(block, ffn, xs, recipe.correction.ridge, targets=targets, activations=hs,
-                           selections=sels, block_order_activations=True)
+                target = torch.cat([t.reshape(-1, t.shape[-1]) for t in targets])  # type: ignore[union-attr]
+                refit_down(block, ffn, [x[r] for r in rows], recipe.correction.ridge, targets=[target[r] for r in rows],
+                           activations=[h[r] for r in rows], selections=[sel[r] for r in rows],
+                           block_order_activations=True)
+                del target
             if additive:
-                carved_ffn = [
-                    block.output_from_activations(h, sel).reshape(c.y.shape).to(c.y.dtype)
-                    for h, sel, c in zip(hs, sels, ffn_io, strict=True)
-                ]
-            del xs, hs, sels
+                out = torch.cat([block.output_from_activations(h[r].to(dtype), sel[r]) for r in rows])
+                sizes = [c.y[..., 0].numel() for c in ffn_io]
+                carved_ffn = [o.reshape(c.y.shape).to(c.y.dtype) for o, c in zip(out.split(sizes), ffn_io, strict=True)]
+            del x, h, sel, h_block, fit
         elif refit:
             refit_down(block, ffn, [c.x for c in ffn_io], recipe.correction.ridge, targets=targets)
         for c in ffn_io:
@@ -286,25 +330,29 @@ def adaptive_plan(
     return plan(recipe, config, planned)
 
 
-def _fit_tokens(ffn: FFNWeights, ffn_io: list[FFNCall]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Every calibration token's FFN input (T, d), activations (T, n) and dense output less the
-    down bias (T, d), in fp32."""
+def _fit_tokens(ffn: FFNWeights, ffn_io: list[FFNCall]) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    """Every calibration token's FFN input (T, d), activations (per window, dense order) and dense
+    output less the down bias (T, d), in fp32."""
     x = torch.cat([c.x.reshape(-1, c.x.shape[-1]) for c in ffn_io]).float()
-    h = torch.cat([c.h.reshape(-1, c.h.shape[-1]) for c in ffn_io]).float()  # type: ignore[union-attr]
     y = torch.cat([c.y.reshape(-1, c.y.shape[-1]) for c in ffn_io]).float()
-    return x, h, y if ffn.down_bias is None else y - ffn.down_bias.float()
+    hs = [c.h for c in ffn_io if c.h is not None]
+    if len(hs) != len(ffn_io):
+        raise ValueError("every calibration window's activations must have been kept")
+    return x, hs, y if ffn.down_bias is None else y - ffn.down_bias.float()
 
 
-def _calibration_tokens(
-    block: MoEBlock, ffn_io: list[FFNCall]
-) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-    """Per window: FFN inputs (T, d), kept activations in block order (T, n), routing (T, k)."""
-    order = block_order(block)
-    xs = [c.x.reshape(-1, c.x.shape[-1]) for c in ffn_io]
-    hs = [c.h.reshape(x.shape[0], -1)[:, order] for x, c in zip(xs, ffn_io, strict=True) if c.h is not None]
-    k = block.num_experts_per_tok if block.num_experts else 0
-    sels = [block.select(block.scores(x)) if k else torch.empty(x.shape[0], 0, dtype=torch.long) for x in xs]
-    return xs, hs, sels
+def _calibration_tokens(block: MoEBlock, ffn_io: list[FFNCall]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every calibration token's FFN input (T, d) and kept activations in block order (T, n)."""
+    x = torch.cat([c.x.reshape(-1, c.x.shape[-1]) for c in ffn_io]).float()
+    if any(c.h is None for c in ffn_io):
+        raise ValueError("every calibration window's activations must have been kept")
+    return x, gather_columns([c.h for c in ffn_io], block_order(block))  # type: ignore[misc]
+
+
+def _row_chunks(rows: int, width: int) -> list[slice]:
+    """Row ranges of a (rows, width) fp32 matrix, each at most ``REFIT_CHUNK_BYTES`` (≥ 2048 rows)."""
+    step = max(2048, REFIT_CHUNK_BYTES // max(4 * width, 1))
+    return [slice(r, min(r + step, rows)) for r in range(0, rows, step)]
 
 
 def _profile_tap(

@@ -40,6 +40,18 @@ def active_mask(block: MoEBlock, x: torch.Tensor, selected: torch.Tensor | None 
     return torch.cat([torch.ones(T, block.shared_size, dtype=x.dtype), routed], dim=1)
 
 
+def masked_activations(block: MoEBlock, h: torch.Tensor, x: torch.Tensor, selected: torch.Tensor | None = None) -> torch.Tensor:
+    """``h * active_mask(block, x, selected)`` for block-order activations ``h`` (T, n), fp32,
+    without materialising the (T, n) mask: a copy whose unselected experts' columns are zeroed."""
+    T, E, m = h.shape[0], block.num_experts, block.expert_size
+    hm = h.float().clone()
+    if E:
+        chosen = torch.zeros(T, E, dtype=hm.dtype)
+        chosen.scatter_(1, block.select(block.scores(x)) if selected is None else selected, 1.0)
+        hm[:, block.shared_size :].view(T, E, m).mul_(chosen.unsqueeze(-1))
+    return hm
+
+
 def gram_upper(a: torch.Tensor, parts: int = 4) -> torch.Tensor:
     """Upper block triangle of ``aᵀa`` for ``a`` (T, n) in fp64 (fp32 products); zero below.
 
@@ -106,9 +118,9 @@ def refit_down(
             h = ffn.hidden(x, act)[:, order]
         else:
             h = activations[j].reshape(x.shape[0], -1).float()
-            h = h if block_order_activations else h[:, order]  # (T, n); fp32 products, fp64 sums
+            h = h if block_order_activations else h[:, order]  # (T, n); fp32 products per row block, fp64 sums across blocks
         y = h @ w0.T.float() if targets is None else targets[j].reshape(x.shape).float()  # (T, d)
-        hm = h * active_mask(block, x, None if selections is None else selections[j])
+        hm = masked_activations(block, h, x, None if selections is None else selections[j])
         if joint:
             gram += gram_upper(hm)
         else:

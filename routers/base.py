@@ -61,18 +61,20 @@ class RouterContext:
         if key in self.cache:
             return self.cache[key]
         E, m = self.experts.shape
-        S = self.h.shape[0]
         flat = self.experts.reshape(-1)
-        he = self.h[:, flat]  # (S, E·m)
         routed = self.routed_neurons
         column = torch.empty(self.down.shape[1], dtype=torch.long)
         column[routed] = torch.arange(routed.numel())
-        cross = (he * self.residual_projection()[:, column[flat]]).view(S, E, m).sum(-1)  # (S, E) ⟨r, y_e⟩
+        # views, not copies, when the context is in block order (the carve's): experts contiguous
+        he = columns(self.h, flat)  # (S, E·m)
+        proj = columns(self.residual_projection(), column[flat])  # (S, E·m) ⟨r, w_i⟩
         w = self.down[:, self.experts].permute(1, 0, 2)  # (E, d, m)
         grams = w.transpose(1, 2) @ w  # (E, m, m)
-        he = he.view(S, E, m).transpose(0, 1)  # (E, S, m)
-        sq = ((he @ grams) * he).sum(-1).t()  # (S, E) ‖y_e‖²
-        self.cache[key] = gain = 2 * cross - sq
+        gain = torch.empty(he.shape[0], E, dtype=he.dtype)
+        for e in range(E):  # Σ_i h_i (2⟨r, w_i⟩ − (G_e h)_i) = 2⟨r, y_e⟩ − ‖y_e‖², one expert at a time
+            sl = slice(e * m, (e + 1) * m)
+            gain[:, e] = (he[:, sl] * (2 * proj[:, sl] - he[:, sl] @ grams[e])).sum(-1)
+        self.cache[key] = gain
         return gain
 
     @property
@@ -92,9 +94,9 @@ class RouterContext:
             routed = self.routed_neurons
             w = self.down[:, routed]
             if self.y is None or routed.numel() <= self.shared.numel():
-                r = self.h[:, routed] @ w.t()  # (S, d): the cheaper side of y = shared + routed
+                r = columns(self.h, routed) @ w.t()  # (S, d): the cheaper side of y = shared + routed
             else:
-                r = self.y.float() - self.h[:, self.shared] @ self.down[:, self.shared].t()
+                r = self.y.float() - columns(self.h, self.shared) @ self.down[:, self.shared].t()
             self.cache[key] = r @ w
         return self.cache[key]
 
@@ -105,6 +107,14 @@ class RouterContext:
             idx = self.experts[e]
             out.append((self.h[:, idx] @ self.down[:, idx].t()).norm(dim=-1))
         return torch.stack(out, dim=1)
+
+
+def columns(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``t[:, index]``: a view when ``index`` is an ascending run of consecutive columns, else a copy."""
+    n = index.numel()
+    if n and int(index[-1]) - int(index[0]) == n - 1 and (n == 1 or bool((index.diff() == 1).all())):
+        return t[:, int(index[0]) : int(index[0]) + n]
+    return t[:, index]
 
 
 class RouterBuilder(Protocol):
