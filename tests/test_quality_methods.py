@@ -146,6 +146,80 @@ def test_output_from_activations_equals_the_forward(k):
         torch.testing.assert_close(out, ffn.output(x), rtol=1e-4, atol=1e-4)
 
 
+def _layer_fixture(n: int = 96, d: int = 16, tokens: int = 1200):
+    """A random gated FFN, its calibration tokens (x, h, y) and their streamed profile."""
+    from moecarve.profiling import NeuronStats
+
+    ffn = make_ffn(n=n, d=d)
+    x = torch.randn(tokens, d, generator=torch.Generator().manual_seed(2))
+    h = ffn.hidden(x)
+    y = h @ ffn.down.t()
+    stats = NeuronStats(ffn, 4, 512, 0)
+    for rows in zip(x.split(400), h.split(400), y.split(400), strict=True):
+        stats.update(*rows)
+    return ffn, x, h, y, stats.finalize()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("rounds", [0, 3])  # with partition refinement the experts move after the router fit
+def test_build_hands_back_the_activations_in_the_blocks_neuron_order(rounds):
+    """The carve reuses the router's block-order activations for the refit and the carved output."""
+    from moecarve.carving import _build
+    from moecarve.plan import layer_plan_for
+    from moecarve.recipe import Recipe
+
+    ffn, x, h, y, profile = _layer_fixture()
+    recipe = Recipe.parse({"model": "smollm2-135m", "moe": "S4A2E16", "partition": {"refine_rounds": rounds}})
+    lp = layer_plan_for(0, ffn.num_neurons, 4, 2, 12)
+    block, h_block = _build(ffn, profile, lp, recipe, 0, (x, list(h.split(500)), y))
+    assert torch.equal(h_block, h[:, block_order(block)])
+
+
+@pytest.mark.unit
+def test_router_fitted_in_block_order_equals_the_dense_order_fit():
+    """build_block hands routers the layer permuted into block order; a router is a function of the
+    partition, not of how the neurons are numbered."""
+    from moecarve.carving import build_block
+    from moecarve.plan import layer_plan_for
+    from moecarve.recipe import Recipe
+
+    ffn, x, h, y, profile = _layer_fixture()
+    recipe = Recipe.parse({"model": "smollm2-135m", "moe": "S4A2E16", "router": {"balance": False}})
+    block = build_block(ffn, profile, layer_plan_for(0, ffn.num_neurons, 4, 2, 12), recipe, 0, (x, h, y))
+    dense_order = RouterContext(
+        x=x, h=h, y=y, up=ffn.up, down=ffn.down, gate=ffn.gate, shared=block.shared_neurons,
+        experts=block.expert_neurons, importance=torch.from_numpy(profile.importance).float(), num_experts_per_tok=2,
+    )
+    want = build_fitted(dense_order)
+    torch.testing.assert_close(block.router.weight, want.weight, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(block.router.bias, want.bias, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.unit
+def test_masked_activations_zero_exactly_the_unselected_experts():
+    from moecarve.corrections import masked_activations
+
+    ffn = make_ffn()
+    x = torch.randn(60, 16)
+    ctx = make_ctx(ffn, x)
+    block = MoEBlock.from_ffn(ffn, ctx.shared, ctx.experts, 2, build_fitted(ctx))
+    h = ffn.hidden(x)[:, block_order(block)]
+    kept = h.clone()
+    assert torch.equal(masked_activations(block, h, x), h * active_mask(block, x))
+    assert torch.equal(h, kept)  # the caller's activations are not touched
+
+
+@pytest.mark.unit
+def test_columns_is_a_view_only_for_a_run_of_consecutive_columns():
+    from routers.base import columns
+
+    t = torch.randn(5, 10)
+    run = columns(t, torch.arange(3, 7))
+    assert run.data_ptr() == t[:, 3].data_ptr() and torch.equal(run, t[:, 3:7])
+    for index in (torch.tensor([3, 5, 6]), torch.tensor([6, 5]), torch.tensor([2])):
+        assert torch.equal(columns(t, index), t[:, index])
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize(
     ("partition", "router", "refit"),
