@@ -44,7 +44,7 @@ def masked_activations(block: MoEBlock, h: torch.Tensor, x: torch.Tensor, select
     """``h * active_mask(block, x, selected)`` for block-order activations ``h`` (T, n), fp32,
     without materialising the (T, n) mask: a copy whose unselected experts' columns are zeroed."""
     T, E, m = h.shape[0], block.num_experts, block.expert_size
-    hm = h.float().clone()
+    hm = h.to(torch.float32, copy=True)
     if E:
         chosen = torch.zeros(T, E, dtype=hm.dtype)
         chosen.scatter_(1, block.select(block.scores(x)) if selected is None else selected, 1.0)
