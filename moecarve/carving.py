@@ -330,23 +330,26 @@ def adaptive_plan(
     return plan(recipe, config, planned)
 
 
+def _kept_tokens(ffn_io: list[FFNCall]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Every calibration token's FFN input (T, d) in fp32, and each window's kept activations
+    (dense neuron order)."""
+    if any(c.h is None for c in ffn_io):
+        raise ValueError("every calibration window's activations must have been kept")
+    return torch.cat([c.x.reshape(-1, c.x.shape[-1]) for c in ffn_io]).float(), [c.h for c in ffn_io]  # type: ignore[misc]
+
+
 def _fit_tokens(ffn: FFNWeights, ffn_io: list[FFNCall]) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
     """Every calibration token's FFN input (T, d), activations (per window, dense order) and dense
     output less the down bias (T, d), in fp32."""
-    x = torch.cat([c.x.reshape(-1, c.x.shape[-1]) for c in ffn_io]).float()
+    x, hs = _kept_tokens(ffn_io)
     y = torch.cat([c.y.reshape(-1, c.y.shape[-1]) for c in ffn_io]).float()
-    hs = [c.h for c in ffn_io if c.h is not None]
-    if len(hs) != len(ffn_io):
-        raise ValueError("every calibration window's activations must have been kept")
     return x, hs, y if ffn.down_bias is None else y - ffn.down_bias.float()
 
 
 def _calibration_tokens(block: MoEBlock, ffn_io: list[FFNCall]) -> tuple[torch.Tensor, torch.Tensor]:
     """Every calibration token's FFN input (T, d) and kept activations in block order (T, n)."""
-    x = torch.cat([c.x.reshape(-1, c.x.shape[-1]) for c in ffn_io]).float()
-    if any(c.h is None for c in ffn_io):
-        raise ValueError("every calibration window's activations must have been kept")
-    return x, gather_columns([c.h for c in ffn_io], block_order(block))  # type: ignore[misc]
+    x, hs = _kept_tokens(ffn_io)
+    return x, gather_columns(hs, block_order(block))
 
 
 def _row_chunks(rows: int, width: int) -> list[slice]:
