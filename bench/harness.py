@@ -91,7 +91,8 @@ class Bench:
         carve_s = time.perf_counter() - start
         the_plan = outcome.plan or the_plan
         result: dict[str, Any] = {"layout": the_plan.layout, "carve_seconds": round(carve_s, 1),
-                                  "active_units": [lp.num_shared_experts + lp.num_experts_per_tok for lp in the_plan.layers]}
+                                  "active_units": [lp.num_shared_experts + lp.num_experts_per_tok for lp in the_plan.layers],
+                                  "layer_seconds": [round(s, 2) for s in outcome.layer_seconds.values()]}
         if teacher is not None:
             report = recover(self.model, outcome.blocks, teacher, recipe.recovery, seed=recipe.seed, rebalance=recipe.router.balance)
             result["recovery"] = report.to_dict()  # its seconds include the teacher pass

@@ -38,8 +38,9 @@ CMOE_LAYOUT = {0.75: "S3A3E8", 0.5: "S1A3E8", 0.25: "S2A2E16"}
 CMOE_PUBLISHED = {0.75: 54.25, 0.5: 212.7, 0.25: 1141.0}
 DENSE_FULL_PROTOCOL = 29.06
 
-# Baselines run as the peers do: no selection-bias balancing, no down-projection refit.
-_PLAIN = {"correction": {"refit_down": False}}
+# Baselines run as the peers do: no selection-bias balancing, no down-projection refit, the same
+# layout in every layer.
+_PLAIN = {"correction": {"refit_down": False}, "moe": {"layer_budgets": "uniform"}}
 METHODS: dict[str, dict[str, Any]] = {
     "default": {},  # Recipe defaults with moe: {active_fraction}
     "random+fitted": {"partition": {"method": "random"}, "router": {"method": "fitted", "balance": False}, **_PLAIN},
@@ -51,7 +52,8 @@ METHODS: dict[str, dict[str, Any]] = {
     },
     # an ablation of the default: refit towards the dense model's residual stream
     "default+model-target": {"correction": {"target": "model"}},
-    # layer-adaptive budgets (moecarve/budgets.py) and, as an ablation, the uniform layout
+    # layer budgets (moecarve/budgets.py): the output-energy rule, and the uniform layout as an
+    # ablation of the default's loss-sensitivity budgets
     "default+adaptive": {"moe": {"layer_budgets": "adaptive"}},
     "default+uniform": {"moe": {"layer_budgets": "uniform"}},
     # the optional short recovery (moecarve/recovery.py) at the 10 CPU-minutes: 300 s wall
@@ -68,8 +70,9 @@ def recipe_for(method: str, fraction: float, seed: int) -> dict[str, Any]:
     if method == "cmoe+representative":
         moe = CMOE_LAYOUT[fraction]
     extra = dict(METHODS[method])
-    if isinstance(moe, dict):
-        moe = {**moe, **extra.pop("moe", {})}
+    moe_extra = extra.pop("moe", {})
+    if isinstance(moe, dict):  # an explicit layout (CMoE's) is uniform already
+        moe = {**moe, **moe_extra}
     return {"moe": moe, "seed": seed, **extra}
 
 

@@ -20,9 +20,12 @@ set by ``overrides`` keep their layouts and are not counted.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch import nn
 
 
 @dataclass
@@ -59,3 +62,54 @@ def allocate(costs: list[LayerCost], total: int, lo: list[int], hi: list[int]) -
 
 def _gain(cost: LayerCost, a: int) -> float:
     return cost.weight * (cost.curve[a] - cost.curve[a + 1])
+
+
+def importance_curve(importance: torch.Tensor, units: int) -> list[float]:
+    """e(a) for a = 0..units: the summed ``importance`` (n,) of the neurons outside the ``a`` most
+    important units' worth (absolute, so curves of different layers compare directly)."""
+    size = importance.numel() // units
+    ranked = torch.sort(importance.double(), descending=True).values[: units * size].reshape(units, size).sum(1)
+    left = ranked.sum() - torch.cat([torch.zeros(1, dtype=ranked.dtype), ranked.cumsum(0)])
+    return left.clamp_min(0).tolist()
+
+
+def taylor_importance(
+    model: nn.Module, downs: dict[int, nn.Module], chunks: Sequence[torch.Tensor]
+) -> dict[int, torch.Tensor]:
+    """Per layer, each FFN neuron's second-order Taylor (empirical Fisher) importance for the LM loss:
+    ``Σ_t (∂L/∂h_{t,i} · h_{t,i})²`` over the tokens of ``chunks`` (each (L,) token ids), where h_i is
+    the neuron's activation entering the down projection ``downs[layer]`` and L the next-token loss
+    on the chunk. It estimates the loss increase from removing the neuron (Molchanov et al. 2019,
+    "Importance Estimation for Neural Network Pruning"); unlike an output-energy share it accounts
+    for how much the rest of the network amplifies or absorbs the layer's error, so it compares
+    layers. No weight gets a gradient: the graph starts at the input embeddings.
+    """
+    scores = {i: torch.zeros(0) for i in downs}
+
+    def tap(i: int) -> Any:
+        def pre(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            h = args[0] if args else next(iter(kwargs.values()))
+            if h.requires_grad:
+                def grad(g: torch.Tensor, h: torch.Tensor = h) -> None:
+                    s = (g.detach().float() * h.detach().float()).pow(2).reshape(-1, h.shape[-1]).sum(0).double()
+                    scores[i] = s if scores[i].numel() == 0 else scores[i] + s
+                h.register_hook(grad)
+        return pre
+
+    embed = model.get_input_embeddings()
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:  # no weight gradients: activations' gradients only
+        p.requires_grad_(False)
+    handles = [m.register_forward_pre_hook(tap(i), with_kwargs=True) for i, m in downs.items()]
+    handles.append(embed.register_forward_hook(lambda _m, _a, out: out.detach().requires_grad_(True)))
+    try:
+        with torch.enable_grad():
+            for ids in chunks:
+                logits = model(input_ids=ids.unsqueeze(0), use_cache=False).logits[0, :-1].float()
+                torch.nn.functional.cross_entropy(logits, ids[1:]).backward()
+    finally:
+        for h in handles:
+            h.remove()
+        for p in frozen:
+            p.requires_grad_(True)
+    return scores

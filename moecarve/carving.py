@@ -24,7 +24,7 @@ import routers
 from clustering.base import LayerProfile, PartitionRequest
 from clustering.refine import neuron_gains, refine_experts
 from moecarve.architectures import ArchSpec
-from moecarve.budgets import LayerCost, allocate, cost_curve
+from moecarve.budgets import LayerCost, allocate, cost_curve, importance_curve, taylor_importance
 from moecarve.corrections import block_order, refit_down
 from moecarve.errors import CancelledError
 from moecarve.ffn import FFNWeights, extract_ffn, set_submodule, submodule
@@ -49,6 +49,9 @@ KEEP_ACTIVATIONS_BYTES = 2 << 30
 # (SmolLM2: all 16,384 calibration tokens at once; one product per Gram band is ~30 % faster
 # than one per 2048-token window)
 REFIT_CHUNK_BYTES = 512 << 20
+# layer_budgets "sensitivity": calibration tokens of the dense model's loss-gradient pass, in chunks
+SENSITIVITY_TOKENS = 1024
+SENSITIVITY_CHUNK = 512
 
 
 @dataclass
@@ -199,6 +202,9 @@ def carve_model(
     if recipe.moe.layer_budgets == "adaptive":
         progress(ProgressEvent("carve", 0, len(layers), "layer budgets"))
         the_plan = adaptive_plan(layers, arch, the_plan, recipe, config, state)
+    elif recipe.moe.layer_budgets == "sensitivity":
+        progress(ProgressEvent("carve", 0, len(layers), "layer budgets (loss sensitivity)"))
+        the_plan = sensitivity_plan(model, layers, arch, the_plan, recipe, config, windows)
     outcome = CarveOutcome(plan=the_plan)
     total = len(layers)
     # refit towards the dense model's residual stream: carry the dense path's hidden states too
@@ -296,7 +302,7 @@ def adaptive_plan(
     """Re-plan the layers that follow the base layout with layer-adaptive budgets (``budgets``),
     from one dense pass of the first calibration window through the still-dense model."""
     activation = arch.activation(config)
-    chosen = [lp for lp in the_plan.layers if not lp.dense and not recipe.overridden(lp.layer)]
+    chosen = _budgeted_layers(the_plan, recipe)
     if not chosen:
         return the_plan
     unit_counts = [lp.num_experts + lp.num_shared_experts for lp in chosen]
@@ -316,6 +322,42 @@ def adaptive_plan(
         # per token, then averaged: a few tokens with huge residual norms (attention sinks) must not set it
         ratio = call.y.double().pow(2).sum(-1) / hidden.double().pow(2).sum(-1).clamp_min(1e-30)
         costs[i] = LayerCost(cost_curve(call.h, ffn.down, units_of[i]), float(ratio.mean()))
+    return _allocated_plan(the_plan, recipe, config, chosen, costs)
+
+
+def _budgeted_layers(the_plan: Plan, recipe: Recipe) -> list[LayerPlan]:
+    """The layers whose layouts layer budgets may change: routed, and not set by ``overrides``."""
+    return [lp for lp in the_plan.layers if not lp.dense and not recipe.overridden(lp.layer)]
+
+
+@torch.no_grad()
+def sensitivity_plan(
+    model: nn.Module, layers: nn.ModuleList, arch: ArchSpec, the_plan: Plan, recipe: Recipe,
+    config: dict[str, Any], windows: torch.Tensor,
+) -> Plan:
+    """Re-plan with layer budgets from the dense model's loss sensitivity: each layer's cost curve
+    sums the Taylor importances (``budgets.taylor_importance``) of the neurons its top units leave
+    out, on the first ``SENSITIVITY_TOKENS`` calibration tokens in ``SENSITIVITY_CHUNK``-token chunks."""
+    chosen = _budgeted_layers(the_plan, recipe)
+    if not chosen or windows.shape[1] < 2:  # no next token to score: keep the uniform layout
+        return the_plan
+    c = min(SENSITIVITY_CHUNK, windows.shape[1])
+    chunks = windows[:, : windows.shape[1] // c * c].reshape(-1, c)[: max(1, SENSITIVITY_TOKENS // c)]
+    downs = {lp.layer: submodule(layers[lp.layer], arch.down) for lp in chosen}
+    importance = taylor_importance(model, downs, list(chunks))
+    costs = {
+        lp.layer: LayerCost(importance_curve(importance[lp.layer], lp.num_experts + lp.num_shared_experts), 1.0)
+        for lp in chosen
+    }
+    return _allocated_plan(the_plan, recipe, config, chosen, costs)
+
+
+def _allocated_plan(
+    the_plan: Plan, recipe: Recipe, config: dict[str, Any], chosen: list[LayerPlan], costs: dict[int, LayerCost]
+) -> Plan:
+    """Same total active units over ``chosen``, each layer between half its uniform count and all
+    its units, allocated by ``budgets.allocate``; layouts by the budget-first rule."""
+    unit_counts = [lp.num_experts + lp.num_shared_experts for lp in chosen]
     actives = [lp.num_shared_experts + lp.num_experts_per_tok for lp in chosen]
     alloc = allocate(
         [costs[lp.layer] for lp in chosen], sum(actives), [max(2, (a + 1) // 2) for a in actives], unit_counts

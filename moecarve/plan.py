@@ -105,7 +105,7 @@ def plan(recipe: Recipe, config: dict[str, Any] | None = None, layers: list[Laye
         recipe: the carve recipe.
         config: the model's ``config.json`` as a dict; read from ``recipe.model`` when omitted.
         layers: per-layer plans decided elsewhere (layer-adaptive budgets, after profiling);
-            by default each layer's layout comes from the recipe. With ``layer_budgets: adaptive``
+            by default each layer's layout comes from the recipe. With ``layer_budgets`` other than uniform
             and no ``layers`` the plan shows the uniform layout with the same total.
 
     Raises:
@@ -136,8 +136,8 @@ def plan(recipe: Recipe, config: dict[str, Any] | None = None, layers: list[Laye
     if layers is None:
         layers = [_layer_plan(recipe, i, d_ff) for i in range(n_layers)]
     layout = recipe.moe.resolved(d_ff).layout
-    if recipe.moe.layer_budgets == "adaptive":
-        layout += " layer-adaptive"
+    if recipe.moe.layer_budgets != "uniform":
+        layout += f" layer-{recipe.moe.layer_budgets}"
     if recipe.export.formats:
         from moecarve.export.checks import check_exports
 

@@ -58,11 +58,13 @@ class MoeSpec(_Strict):
         le=1,
         description="Budget-first layout: the active FFN fraction alone; moecarve picks S, k and E.",
     )
-    layer_budgets: Literal["uniform", "adaptive"] = Field(
-        "uniform",
-        description="With active_fraction: 'uniform' = the same layout in every layer; 'adaptive' = the "
-        "same total, moved to the layers where skipping neurons costs most (measured on one dense "
-        "calibration window before carving; moecarve/budgets.py).",
+    layer_budgets: Literal["uniform", "adaptive", "sensitivity"] | None = Field(
+        None,
+        description="How active_fraction's total is spread over the layers. 'sensitivity' (the default "
+        "with active_fraction) = more active neurons where the dense model's loss is most sensitive to "
+        "losing them (Taylor importance from one backward pass over 1024 calibration tokens); "
+        "'adaptive' = the same, by FFN output energy on one dense window; 'uniform' = the same layout "
+        "in every layer (the only choice, and the default, with an explicit layout). moecarve/budgets.py.",
     )
 
     @model_validator(mode="before")
@@ -82,8 +84,10 @@ class MoeSpec(_Strict):
             raise ValueError(
                 "give num_experts + num_experts_per_tok (+ num_shared_experts), a layout like 'S2A2E16', or active_fraction"
             )
-        if explicit and self.layer_budgets != "uniform":
-            raise ValueError("layer_budgets: 'adaptive' needs active_fraction (the total to distribute), not an explicit layout")
+        if explicit and self.layer_budgets not in (None, "uniform"):
+            raise ValueError(f"layer_budgets: '{self.layer_budgets}' needs active_fraction (the total to distribute), not an explicit layout")
+        if self.layer_budgets is None:
+            self.layer_budgets = "uniform" if explicit else "sensitivity"
         if explicit:
             if self.num_experts is None or self.num_experts_per_tok is None:
                 raise ValueError("num_experts and num_experts_per_tok must be given together")

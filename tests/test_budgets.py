@@ -8,9 +8,10 @@ import torch
 from conftest import tiny_recipe
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny import tiny_model
 
 import moecarve
-from moecarve.budgets import LayerCost, allocate, cost_curve
+from moecarve.budgets import LayerCost, allocate, cost_curve, importance_curve, taylor_importance
 from moecarve.checkpoint import load_pretrained
 from moecarve.errors import RecipeError
 from moecarve.plan import plan
@@ -28,6 +29,48 @@ def test_cost_curve_runs_from_everything_missing_to_nothing_missing_and_is_conve
     # e(a): the share of Σ E[h²]‖w‖² outside the a·4 most important neurons
     imp = (h.double() ** 2).mean(0) * down.double().norm(dim=0) ** 2
     assert curve[3] == pytest.approx(float(1 - imp.sort(descending=True).values[:12].sum() / imp.sum()))
+
+
+@pytest.mark.unit
+def test_importance_curve_sums_what_the_top_units_leave_out():
+    imp = torch.rand(48) ** 3
+    curve = torch.tensor(importance_curve(imp, units=12), dtype=torch.float64)
+    assert curve.shape == (13,) and curve[0] == pytest.approx(float(imp.double().sum())) and curve[-1] == pytest.approx(0, abs=1e-12)
+    steps = curve[:-1] - curve[1:]
+    assert (steps >= -1e-12).all() and (steps[:-1] - steps[1:] >= -1e-12).all()
+    assert curve[5] == pytest.approx(float(imp.double().sort(descending=True).values[20:].sum()))
+
+
+@pytest.mark.unit
+def test_taylor_importance_is_the_squared_first_order_term_of_each_neuron():
+    """Σ_t (∂L/∂h_ti · h_ti)², checked through the other side of the down projection:
+    ∂L/∂h_t = W_downᵀ ∂L/∂y_t, with y the down projection's output."""
+    model = tiny_model("llama")
+    ids = torch.randint(3, 300, (2, 24))
+    downs = {i: layer.mlp.down_proj for i, layer in enumerate(model.model.layers)}
+    got = taylor_importance(model, downs, list(ids))
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())  # no weight gradient, flags kept
+
+    seen: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {i: [] for i in downs}
+
+    def keep(i):
+        def hook(_m, args, out):
+            out.retain_grad()
+            seen[i].append((args[0].detach(), out))
+        return hook
+
+    handles = [m.register_forward_hook(keep(i)) for i, m in downs.items()]
+    for row in ids:
+        logits = model(input_ids=row.unsqueeze(0)).logits[0, :-1]
+        torch.nn.functional.cross_entropy(logits, row[1:]).backward()
+    for h in handles:
+        h.remove()
+    model.zero_grad(set_to_none=True)
+    for i, m in downs.items():
+        want = sum(((y.grad @ m.weight.detach()) * h).pow(2).reshape(-1, h.shape[-1]).sum(0) for h, y in seen[i])
+        assert got[i].shape == (m.in_features,)
+        torch.testing.assert_close(got[i].float(), want, rtol=1e-4, atol=1e-12)
+        assert (got[i] > 0).all()
 
 
 def _convex_costs(draw_gains: list[list[float]], weights: list[float]) -> list[LayerCost]:
@@ -71,13 +114,14 @@ def test_allocation_rejects_impossible_totals_and_adaptive_needs_a_fraction():
 
 
 @pytest.mark.integration
-def test_adaptive_carve_keeps_the_total_and_round_trips(llama_dir, calib_file, tmp_path):
-    recipe = tiny_recipe(llama_dir, calib_file, active_fraction=0.5, layer_budgets="adaptive")
+@pytest.mark.parametrize("rule", ["adaptive", "sensitivity"])
+def test_adaptive_carve_keeps_the_total_and_round_trips(llama_dir, calib_file, tmp_path, rule):
+    recipe = tiny_recipe(llama_dir, calib_file, active_fraction=0.5, layer_budgets=rule)
     uniform = plan(Recipe.parse(tiny_recipe(llama_dir, calib_file, active_fraction=0.5)))
     result = moecarve.carve(recipe, tmp_path / "out")
     layers = result.plan.layers
     assert sum(lp.active_neurons for lp in layers) == sum(lp.active_neurons for lp in uniform.layers)
-    assert result.plan.layout.endswith("layer-adaptive")
+    assert result.plan.layout.endswith(f"layer-{rule}")
     saved = json.loads((tmp_path / "out" / "plan.json").read_text())
     assert [lp["active_neurons"] for lp in saved["layers"]] == [lp.active_neurons for lp in layers]
     for lp, layer in zip(layers, result.model.model.layers, strict=True):
