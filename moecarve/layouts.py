@@ -20,20 +20,22 @@ ROUTED_SHARE = 0.25
 ROUTED_CAP = 1 / 16
 
 
-def units_for(d_ff: int | None) -> int:
-    """The number of equal units (shared + routed experts) a layer of width ``d_ff`` is cut into."""
+def units_for(d_ff: int | None, target: int | None = None) -> int:
+    """The number of equal units (shared + routed experts) a layer of width ``d_ff`` is cut into:
+    the divisor of d_ff nearest ``target`` (default ``TARGET_UNITS``)."""
+    target = target or TARGET_UNITS
     if d_ff is None:
-        return TARGET_UNITS
+        return target
     candidates = [u for u in range(2, d_ff // MIN_EXPERT_SIZE + 1) if d_ff % u == 0]
     if not candidates:
         raise ValueError(f"d_ff={d_ff} is too small to split into experts of ≥ {MIN_EXPERT_SIZE} neurons")
-    return min(candidates, key=lambda u: (abs(u - TARGET_UNITS), -u))
+    return min(candidates, key=lambda u: (abs(u - target), -u))
 
 
-def layout_for_fraction(fraction: float | None, d_ff: int | None = None) -> dict[str, int]:
+def layout_for_fraction(fraction: float | None, d_ff: int | None = None, units: int | None = None) -> dict[str, int]:
     if fraction is None:
         raise ValueError("active_fraction is required for a budget-first layout")
-    units = units_for(d_ff)
+    units = units_for(d_ff, units)
     return layout_for_units(max(2, min(units, round(fraction * units))), units)
 
 

@@ -58,6 +58,13 @@ class MoeSpec(_Strict):
         le=1,
         description="Budget-first layout: the active FFN fraction alone; moecarve picks S, k and E.",
     )
+    units: int | None = Field(
+        None,
+        ge=2,
+        description="With active_fraction: about this many equal units (shared + routed experts) per "
+        "layer, the nearest divisor of d_ff; default 128 (finer units cost carve time; at 75 % 256 "
+        "measured better, bench/README.md).",
+    )
     layer_budgets: Literal["uniform", "adaptive", "sensitivity"] | None = Field(
         None,
         description="How active_fraction's total is spread over the layers. 'sensitivity' (the default "
@@ -84,6 +91,8 @@ class MoeSpec(_Strict):
             raise ValueError(
                 "give num_experts + num_experts_per_tok (+ num_shared_experts), a layout like 'S2A2E16', or active_fraction"
             )
+        if explicit and self.units is not None:
+            raise ValueError("units goes with active_fraction; an explicit layout sets its own units (S + E)")
         if explicit and self.layer_budgets not in (None, "uniform"):
             raise ValueError(f"layer_budgets: '{self.layer_budgets}' needs active_fraction (the total to distribute), not an explicit layout")
         if self.layer_budgets is None:
@@ -106,7 +115,7 @@ class MoeSpec(_Strict):
             return self
         from moecarve.layouts import layout_for_fraction
 
-        return MoeSpec(**layout_for_fraction(self.active_fraction, d_ff))  # type: ignore[arg-type]
+        return MoeSpec(**layout_for_fraction(self.active_fraction, d_ff, self.units))  # type: ignore[arg-type]
 
     @property
     def layout(self) -> str:

@@ -73,6 +73,19 @@ def test_budget_first_layout_picks_fine_experts_that_divide_d_ff():
     assert [(m.num_shared_experts, m.num_experts_per_tok) for m in fine.values()] == [(24, 8), (56, 8), (88, 8)]
 
 
+def test_units_sets_the_granularity_of_a_budget_first_layout_and_defaults_pick_the_budgets():
+    r = Recipe.parse({"moe": {"active_fraction": 0.75, "units": 256}})
+    m = r.moe.resolved(1536)
+    assert (m.num_shared_experts, m.num_experts_per_tok, m.num_experts) == (176, 16, 80)
+    assert r.moe.resolved(1000).num_experts + r.moe.resolved(1000).num_shared_experts == 250  # nearest divisor
+    assert r.moe.layer_budgets == "sensitivity"  # the default with active_fraction
+    assert Recipe.parse({"moe": "S2A2E16"}).moe.layer_budgets == "uniform"  # and with an explicit layout
+    with pytest.raises(RecipeError, match="units goes with active_fraction"):
+        Recipe.parse({"moe": {"num_experts": 8, "num_experts_per_tok": 2, "units": 256}})
+    with pytest.raises(RecipeError, match="needs active_fraction"):
+        Recipe.parse({"moe": {"num_experts": 8, "num_experts_per_tok": 2, "layer_budgets": "sensitivity"}})
+
+
 def test_overrides_select_layers_and_must_be_disjoint():
     r = Recipe.parse(
         {
