@@ -1,17 +1,22 @@
-"""Layer-adaptive budgets: move active neurons to the layers where skipping them costs most.
+"""Layer budgets: move active neurons to the layers where skipping them costs most.
 
-``moe: {active_fraction: f, layer_budgets: adaptive}``. Same total active FFN as the uniform
-layout; per layer, the active units are chosen before carving from one dense calibration window:
+Same total active FFN as the uniform layout; per layer, the active units are chosen before carving.
+Two ways to measure a layer's cost curve ``e_ℓ(a)`` (what keeping only its ``a`` most important
+units' worth of neurons costs) and its weight ``w_ℓ``:
 
-- **cost curve** of layer ℓ: keeping its ``a`` most important units' worth of neurons (importance
-  E[h_i²]·‖W_down[:, i]‖², the output-aware score the partition also uses) leaves out a share
-  ``e_ℓ(a)`` of the layer's FFN output energy (cross terms ignored);
-- **weight** of layer ℓ: its FFN output energy relative to the residual stream it writes into,
-  ``w_ℓ = E‖y_ℓ‖² / E‖r_ℓ‖²`` (r = the layer's output): an error that is small next to the
-  stream moves the model little;
-- **allocation**: minimise Σ_ℓ w_ℓ·e_ℓ(a_ℓ) under Σ_ℓ a_ℓ = the uniform total, each a_ℓ between
-  half the uniform count and all units. Every e_ℓ is convex in a (importances sorted), so giving
-  one unit at a time to the largest marginal gain is optimal.
+- ``layer_budgets: sensitivity`` (the default with ``active_fraction``): each neuron's Taylor
+  importance for the dense model's next-token loss, Σ_t (∂L/∂h_ti · h_ti)², from one backward pass
+  over a few calibration tokens (``taylor_importance``); ``e_ℓ(a)`` = the importance its top ``a``
+  units leave out (``importance_curve``), ``w_ℓ`` = 1. The gradient already says how much the
+  later layers amplify or absorb a layer's error, so the curves of different layers compare.
+- ``layer_budgets: adaptive``: importance E[h_i²]·‖W_down[:, i]‖² on one dense calibration window,
+  ``e_ℓ(a)`` = the share of the layer's FFN output energy left out (cross terms ignored), weighted
+  by ``w_ℓ = E‖y_ℓ‖² / E‖r_ℓ‖²``, the FFN output's energy relative to the residual stream it writes
+  into (r = the layer's output).
+
+**Allocation** (``allocate``): minimise Σ_ℓ w_ℓ·e_ℓ(a_ℓ) under Σ_ℓ a_ℓ = the uniform total, each a_ℓ
+between half the uniform count and all units. Every e_ℓ is convex in a (importances sorted), so
+giving one unit at a time to the largest marginal gain is optimal.
 
 Each layer's layout then follows the budget-first rule (``layouts.layout_for_units``). Layers
 set by ``overrides`` keep their layouts and are not counted.

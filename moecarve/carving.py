@@ -49,8 +49,8 @@ KEEP_ACTIVATIONS_BYTES = 2 << 30
 # (SmolLM2: all 16,384 calibration tokens at once; one product per Gram band is ~30 % faster
 # than one per 2048-token window)
 REFIT_CHUNK_BYTES = 512 << 20
-# layer_budgets "sensitivity": calibration tokens of the dense model's loss-gradient pass, in chunks
-SENSITIVITY_TOKENS = 1024
+# layer_budgets "sensitivity": the dense model's loss-gradient pass runs on chunks of this many
+# calibration tokens (recipe.moe.sensitivity_tokens of them in all)
 SENSITIVITY_CHUNK = 512
 
 
@@ -337,12 +337,12 @@ def sensitivity_plan(
 ) -> Plan:
     """Re-plan with layer budgets from the dense model's loss sensitivity: each layer's cost curve
     sums the Taylor importances (``budgets.taylor_importance``) of the neurons its top units leave
-    out, on the first ``SENSITIVITY_TOKENS`` calibration tokens in ``SENSITIVITY_CHUNK``-token chunks."""
+    out, on the first ``recipe.moe.sensitivity_tokens`` calibration tokens in ``SENSITIVITY_CHUNK``-token chunks."""
     chosen = _budgeted_layers(the_plan, recipe)
     if not chosen or windows.shape[1] < 2:  # no next token to score: keep the uniform layout
         return the_plan
     c = min(SENSITIVITY_CHUNK, windows.shape[1])
-    chunks = windows[:, : windows.shape[1] // c * c].reshape(-1, c)[: max(1, SENSITIVITY_TOKENS // c)]
+    chunks = windows[:, : windows.shape[1] // c * c].reshape(-1, c)[: max(1, recipe.moe.sensitivity_tokens // c)]
     downs = {lp.layer: submodule(layers[lp.layer], arch.down) for lp in chosen}
     importance = taylor_importance(model, downs, list(chunks))
     costs = {

@@ -69,9 +69,16 @@ class MoeSpec(_Strict):
         None,
         description="How active_fraction's total is spread over the layers. 'sensitivity' (the default "
         "with active_fraction) = more active neurons where the dense model's loss is most sensitive to "
-        "losing them (Taylor importance from one backward pass over 1024 calibration tokens); "
+        "losing them (Taylor importance from one backward pass over sensitivity_tokens calibration tokens); "
         "'adaptive' = the same, by FFN output energy on one dense window; 'uniform' = the same layout "
         "in every layer (the only choice, and the default, with an explicit layout). moecarve/budgets.py.",
+    )
+
+    sensitivity_tokens: int = Field(
+        1024,
+        ge=2,
+        description="layer_budgets 'sensitivity': calibration tokens of the dense model's backward pass "
+        "(512-token chunks from the first calibration window on; ~7 s per 1024 tokens on SmolLM2).",
     )
 
     @model_validator(mode="before")

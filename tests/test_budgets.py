@@ -1,4 +1,4 @@
-"""Layer-adaptive budgets: cost curves, the allocation, and a carve that uses them."""
+"""Layer budgets (sensitivity and adaptive): cost curves, the allocation, and carves that use them."""
 
 import itertools
 import json
@@ -116,7 +116,8 @@ def test_allocation_rejects_impossible_totals_and_adaptive_needs_a_fraction():
 @pytest.mark.integration
 @pytest.mark.parametrize("rule", ["adaptive", "sensitivity"])
 def test_adaptive_carve_keeps_the_total_and_round_trips(llama_dir, calib_file, tmp_path, rule):
-    recipe = tiny_recipe(llama_dir, calib_file, active_fraction=0.5, layer_budgets=rule)
+    extra = {"sensitivity_tokens": 128} if rule == "sensitivity" else {}  # two 64-token chunks
+    recipe = tiny_recipe(llama_dir, calib_file, active_fraction=0.5, layer_budgets=rule, **extra)
     uniform = plan(Recipe.parse(tiny_recipe(llama_dir, calib_file, active_fraction=0.5)))
     result = moecarve.carve(recipe, tmp_path / "out")
     layers = result.plan.layers
