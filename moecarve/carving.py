@@ -34,6 +34,7 @@ from moecarve.plan import LayerPlan, Plan, layer_plan_for, plan
 from moecarve.profiling import NeuronStats, profile_summary
 from moecarve.progress import CancelFn, ProgressEvent, ProgressFn, never_cancel, no_progress
 from moecarve.recipe import Recipe
+from moecarve.recovery import chunk_rows
 from moecarve.routing_stats import RoutingRecorder
 from moecarve.sequential import LayerCalls, capture_layer_calls, ffn_taps, run_layer
 from routers.balance import fit_selection_bias
@@ -341,8 +342,8 @@ def sensitivity_plan(
     chosen = _budgeted_layers(the_plan, recipe)
     if not chosen or windows.shape[1] < 2:  # no next token to score: keep the uniform layout
         return the_plan
-    c = min(SENSITIVITY_CHUNK, windows.shape[1])
-    chunks = windows[:, : windows.shape[1] // c * c].reshape(-1, c)[: max(1, recipe.moe.sensitivity_tokens // c)]
+    chunks = chunk_rows(windows, SENSITIVITY_CHUNK)
+    chunks = chunks[: max(1, recipe.moe.sensitivity_tokens // chunks.shape[1])]
     downs = {lp.layer: submodule(layers[lp.layer], arch.down) for lp in chosen}
     importance = taylor_importance(model, downs, list(chunks))
     costs = {
