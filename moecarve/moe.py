@@ -175,16 +175,25 @@ class MoEBlock(nn.Module):
         """Sum of the selected experts' outputs: (T, d), (T, k) → (T, d).
 
         Few tokens (decoding: T·k ≤ E): gather the k selected experts' weights per token and use
-        batched products. Many tokens (prefill): group tokens by expert and run each group
-        through its expert's slices (fewer, larger products than per-token gathers).
+        batched products. Many tokens (prefill, training): sort the (token, slot) pairs by expert,
+        gather their inputs once, run each expert's contiguous group through its slices and
+        scatter-add the results back once. One gather, one split and one scatter (rather than one
+        of each per expert) also keep the backward pass to one gradient buffer for ``x`` and one
+        per weight stack, where per-expert indexing would zero-fill a full-size buffer per expert.
         """
         T, k = selected.shape
         if T * k <= self.num_experts:
             return self._routed_gathered(x, selected)
-        out = torch.zeros_like(x)
-        for e, idx in expert_groups(selected, self.num_experts):
-            out.index_add_(0, idx, self.expert_output(x[idx], e))
-        return out
+        flat = selected.reshape(-1)
+        tokens = torch.argsort(flat, stable=True) // k  # token of each (token, slot), by expert
+        counts = torch.bincount(flat, minlength=self.num_experts).tolist()
+        slices = self._expert_slices()
+        outs = [
+            self.group_output(xe, e, slices)
+            for e, xe in enumerate(x.index_select(0, tokens).split(counts))
+            if counts[e]
+        ]
+        return torch.zeros_like(x).index_add_(0, tokens, torch.cat(outs))
 
     def output_from_activations(self, h: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
         """The block's output from its neurons' activations: (T, n) in block order (shared, then
@@ -223,6 +232,20 @@ class MoEBlock(nn.Module):
             pick(self.experts_gate_bias),
             self.experts_down[experts],
         )
+
+    def _expert_slices(self) -> list[tuple[Any, ...]]:
+        """Per expert, views of its (up, up bias, gate, gate bias, down) slices (``unbind``: one
+        autograd node per weight stack rather than one per expert)."""
+        stacks = [
+            [None] * self.num_experts if w is None else w.unbind(0)
+            for w in (self.experts_up, self.experts_up_bias, self.experts_gate, self.experts_gate_bias, self.experts_down)
+        ]
+        return list(zip(*stacks, strict=True))
+
+    def group_output(self, x: torch.Tensor, e: int, slices: list[tuple[Any, ...]]) -> torch.Tensor:
+        """Expert ``e``'s output on the tokens routed to it, from ``_expert_slices()``: (n, d) → (n, d)."""
+        up, ub, gate, gb, down = slices[e]
+        return self._hidden(x, up, ub, gate, gb) @ down.t()
 
     def _routed_gathered(self, x: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
         T, k = selected.shape

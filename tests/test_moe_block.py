@@ -53,9 +53,9 @@ def test_only_selected_experts_are_computed(monkeypatch):
     x = torch.randn(20, 16)  # T·k = 20 > E = 6: tokens grouped by expert
     chosen = set(block.select(block.scores(x)).flatten().tolist())
     seen: list[tuple[int, int]] = []
-    original = block.expert_output
+    original = block.group_output
     monkeypatch.setattr(
-        block, "expert_output", lambda xs, e: seen.append((e, xs.shape[0])) or original(xs, e)
+        block, "group_output", lambda xs, e, w: seen.append((e, xs.shape[0])) or original(xs, e, w)
     )
     block(x)
     assert {e for e, _ in seen} == chosen
