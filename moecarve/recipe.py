@@ -283,10 +283,18 @@ class RecoverySpec(_Strict):
         "Partitions and routers stay as carved; with router.balance the selection biases are refitted "
         "afterwards (exports unchanged).",
     )
+    norms: bool = Field(
+        True,
+        description="Also train the model's normalisation scales (RMSNorm / LayerNorm weights: about two "
+        "hidden-size vectors per layer; every export keeps them).",
+    )
     learning_rate: float = Field(1e-3, gt=0, description="AdamW peak learning rate (warm-up, then cosine decay to 10 %).")
     chunk_tokens: int = Field(512, ge=8, description="Calibration windows are cut into chunks of this many tokens.")
     chunks_per_step: int = Field(2, ge=1, description="Chunks per optimizer step.")
-    top_k_logits: int = Field(64, ge=1, description="Teacher log-probabilities kept per position (its K most likely tokens).")
+    top_k_logits: int = Field(
+        512, ge=1, description="Teacher log-probabilities kept per position (its K most likely tokens; 12 bytes each: "
+        "100 MB for 8 × 2048 calibration tokens at 512)."
+    )
     validation_chunks: int = Field(2, ge=0, description="Calibration chunks held out; the weights with the lowest loss on them are kept.")
     validate_every: int = Field(10, ge=1, description="Validation interval in steps.")
 

@@ -9,17 +9,20 @@ the calibration text, within a wall-clock budget:
    (``TeacherTargets``: memory ∝ tokens · K, not tokens · vocabulary); the rest of the vocabulary
    counts as one outcome holding the remaining probability.
 2. After carving, AdamW updates the MoE blocks' down projections (``parameters: down``; or every
-   expert and shared weight, ``experts``) to minimise the teacher → student cross-entropy over
+   expert and shared weight, ``experts``) and, with ``norms``, the scale vectors of every
+   normalisation layer (``norm_weights``) to minimise the teacher → student cross-entropy over
    those K + 1 outcomes (``topk_distillation_loss``; forward KL up to the teacher's entropy).
    Routers and partitions stay as carved: the blocks weight selected experts by 1, so the
    selection gets no gradient, and the checkpoint format and native exports are unchanged.
+   (A norm before an MoE block scales what its router reads, so trained norms can move
+   selections; the bias refit in 4 sees the result.)
 3. A few calibration chunks are held back: their loss is measured before training and at regular
    intervals, and the weights with the lowest validation loss are kept (never worse than carved).
 4. With ``rebalance`` (the pipeline passes ``router.balance``) the selection biases are refitted
    on the recovered model's routing of a few training chunks (``rebalance_selection``).
 
 The schedule is linear warm-up then cosine decay over the number of steps the budget allows,
-estimated from the first step's time; the teacher pass, the final validation and the bias refit
+estimated from the first step's time and again from the warm-up steps after it; the teacher pass, the final validation and the bias refit
 count against the budget.
 """
 
@@ -112,6 +115,17 @@ def trainable_parameters(blocks: dict[int, MoEBlock], which: str) -> list[nn.Par
     return params
 
 
+def norm_weights(model: nn.Module) -> list[nn.Parameter]:
+    """The scale vectors of ``model``'s normalisation layers (any module class named ``*Norm`` with
+    a ``weight``: LayerNorm, Llama/Qwen/Gemma RMSNorm, q/k norms); each parameter once."""
+    out: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        w = getattr(module, "weight", None)
+        if type(module).__name__.endswith("Norm") and isinstance(w, nn.Parameter):
+            out.setdefault(id(w), w)
+    return list(out.values())
+
+
 @dataclass
 class RecoveryReport:
     steps: int = 0
@@ -125,7 +139,7 @@ class RecoveryReport:
     # rebalancing chunks with the carved biases, then with the refitted ones)
     rebalance_load_cv: list[float] = field(default_factory=list)
     validation_loss_rebalanced: float = float("nan")
-    history: list[dict[str, float]] = field(default_factory=list)  # step, train loss, validation loss
+    history: list[dict[str, float]] = field(default_factory=list)  # step, train loss, lr, seconds, validation loss
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
@@ -154,7 +168,7 @@ def recover(
     """Fit the carved ``model``'s expert weights to ``teacher`` within ``spec.budget_seconds``."""
     start = time.perf_counter()
     report = RecoveryReport(teacher_seconds=teacher.seconds)
-    params = trainable_parameters(blocks, spec.parameters)
+    params = trainable_parameters(blocks, spec.parameters) + (norm_weights(model) if spec.norms else [])
     n = len(teacher.chunks)
     if not params or n == 0:
         return report
@@ -180,6 +194,7 @@ def recover(
         opt = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=0.0, betas=(0.9, 0.95))
         budget = spec.budget_seconds - teacher.seconds
         planned = spec.max_steps or 10**9
+        share = _validation_share(spec, n_val, per_step)  # validation forwards per step, in steps
         cursor, step = 0, 0
         next_val = spec.validate_every
         train_start = time.perf_counter() - start
@@ -212,16 +227,25 @@ def recover(
             opt.step()
             step += 1
             report.tokens += per_step * teacher.chunks.shape[1]
-            if step == 1 and spec.max_steps is None:  # budget → number of steps, from the first one's time
-                step_seconds = max(time.perf_counter() - start - elapsed, 1e-6)
-                # reserved, in forwards (≈ 1/3 of a chunk's training pass each): the last step's
-                # validation, and the selection-bias refit with its own validation
-                forwards = n_val + (min(REBALANCE_CHUNKS, len(train_ids)) + n_val if rebalance else 0)
-                budget -= step_seconds * forwards / (3 * per_step)
-                remaining = budget - (time.perf_counter() - start)
-                cost = step_seconds * (1 + _validation_share(spec, n_val, per_step))
-                planned = max(2, 1 + int(remaining / cost))
-            entry = {"step": step, "train_loss": round(loss_sum, 5), "lr": spec.learning_rate * lr_scale}
+            if spec.max_steps is None and step in (1, WARMUP_STEPS):
+                # budget → number of steps: from the first step's time, then again when the warm-up
+                # ends (the decay has not begun, so the schedule stays smooth) from the mean of
+                # the later warm-up steps. The first step carries one-off costs: once it took
+                # twice the usual time and the plan stopped recovery at 189 of 300 s.
+                now = time.perf_counter() - start
+                if step == 1:
+                    step_seconds = max(now - elapsed, 1e-6)
+                    first_done = now
+                    # reserved, in forwards (≈ 1/3 of a chunk's training pass each): the last
+                    # step's validation, and the selection-bias refit with its own validation
+                    forwards = n_val + (min(REBALANCE_CHUNKS, len(train_ids)) + n_val if rebalance else 0)
+                    budget -= step_seconds * forwards / (3 * per_step)
+                    planned = max(2, 1 + int((budget - now) / (step_seconds * (1 + share))))
+                elif planned > step:
+                    step_seconds = max((now - first_done) / (step - 1), 1e-6)
+                    planned = max(step + 1, step + int((budget - now) / (step_seconds * (1 + share))))
+            entry = {"step": step, "train_loss": round(loss_sum, 5), "lr": spec.learning_rate * lr_scale,
+                     "seconds": round(time.perf_counter() - start, 2)}
             last = step >= planned or out_of_time()
             if val_ids and (step >= next_val or last):
                 next_val += spec.validate_every

@@ -16,6 +16,7 @@ from moecarve.plan import plan
 from moecarve.recipe import Recipe, RecoverySpec
 from moecarve.recovery import (
     chunk_rows,
+    norm_weights,
     rebalance_selection,
     recover,
     teacher_targets,
@@ -95,7 +96,7 @@ def _carved_with_teacher(spec: RecoverySpec):
 
 @pytest.mark.integration
 def test_recovery_lowers_the_distillation_loss_and_trains_only_down_projections():
-    spec = RecoverySpec(enabled=True, max_steps=30, budget_seconds=600, learning_rate=3e-3, chunk_tokens=32,
+    spec = RecoverySpec(enabled=True, norms=False, max_steps=30, budget_seconds=600, learning_rate=3e-3, chunk_tokens=32,
                         chunks_per_step=2, top_k_logits=16, validation_chunks=2, validate_every=5)
     model, blocks, teacher = _carved_with_teacher(spec)
     assert teacher.chunks.shape == (8, 32) and teacher.top_index.shape == (8, 31, 16)
@@ -119,6 +120,24 @@ def test_recovery_lowers_the_distillation_loss_and_trains_only_down_projections(
 
 
 @pytest.mark.integration
+def test_recovery_with_norms_trains_down_projections_and_every_norm_scale_only():
+    spec = RecoverySpec(enabled=True, norms=True, max_steps=10, budget_seconds=600, learning_rate=3e-3, chunk_tokens=32,
+                        chunks_per_step=2, top_k_logits=16, validation_chunks=0)
+    model, blocks, teacher = _carved_with_teacher(spec)
+    norms = {n for n, p in model.named_parameters() if n.endswith("norm.weight")}
+    assert len(norm_weights(model)) == len(norms) == 2 * len(model.model.layers) + 1  # input, post-attention, final
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    grads = {n: p.requires_grad for n, p in model.named_parameters()}
+    report = recover(model, blocks, teacher, spec, seed=0)
+    assert report.steps == 10 and report.history[0]["train_loss"] > report.history[-1]["train_loss"]
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert norms <= changed
+    assert all(n in norms or n.endswith(("shared_down", "experts_down")) for n in changed)
+    assert all(p.grad is None for p in model.parameters())
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == grads
+
+
+@pytest.mark.integration
 def test_rebalance_refits_skewed_selection_biases_and_recover_applies_it():
     spec = RecoverySpec(enabled=True, max_steps=8, learning_rate=3e-3, chunk_tokens=32, top_k_logits=16, validate_every=1)
     model, blocks, teacher = _carved_with_teacher(spec)
@@ -136,8 +155,8 @@ def test_rebalance_refits_skewed_selection_biases_and_recover_applies_it():
     assert report.best_step > 0 and len(report.rebalance_load_cv) == 2
     assert any(not torch.equal(b.selection_bias, biases[i]) for i, b in blocks.items())
     assert report.validation_loss_rebalanced == report.validation_loss_rebalanced  # measured, not NaN
-    # recovered down projections, everything else (routers, up / gate) as carved
-    assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters() if not n.endswith("_down"))
+    # recovered down projections and norm scales (the default), everything else (routers, up / gate) as carved
+    assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters() if not n.endswith(("_down", "norm.weight")))
 
 
 @pytest.mark.integration
