@@ -175,19 +175,27 @@ class MoEBlock(nn.Module):
         """Sum of the selected experts' outputs: (T, d), (T, k) → (T, d).
 
         Few tokens (decoding: T·k ≤ E): gather the k selected experts' weights per token and use
-        batched products. Many tokens (prefill, training): sort the (token, slot) pairs by expert,
-        gather their inputs once, run each expert's contiguous group through its slices and
-        scatter-add the results back once. One gather, one split and one scatter (rather than one
-        of each per expert) also keep the backward pass to one gradient buffer for ``x`` and one
-        per weight stack, where per-expert indexing would zero-fill a full-size buffer per expert.
+        batched products. Many tokens (prefill): group tokens by expert and run each group
+        through its expert's slices (fewer, larger products than per-token gathers). When autograd
+        records (recovery), the (token, slot) pairs are sorted by expert and gathered, split and
+        scattered back once: per-expert indexing would add one autograd node per expert whose
+        backward zero-fills a full-size buffer (a recovery step on SmolLM2 at S56A8E128: 7.2 → 5.9
+        s). Without autograd the per-expert loop is kept: it allocates no (T·k, d) temporaries,
+        and measured faster there (S24A8E128 block, 512 tokens: 16 vs 25 ms).
         """
         T, k = selected.shape
         if T * k <= self.num_experts:
             return self._routed_gathered(x, selected)
+        slices = self._expert_slices()
+        weights = (self.experts_up, self.experts_gate, self.experts_down)
+        if not (torch.is_grad_enabled() and (x.requires_grad or any(w is not None and w.requires_grad for w in weights))):
+            out = torch.zeros_like(x)
+            for e, idx in expert_groups(selected, self.num_experts):
+                out.index_add_(0, idx, self.group_output(x[idx], e, slices))
+            return out
         flat = selected.reshape(-1)
         tokens = torch.argsort(flat, stable=True) // k  # token of each (token, slot), by expert
         counts = torch.bincount(flat, minlength=self.num_experts).tolist()
-        slices = self._expert_slices()
         outs = [
             self.group_output(xe, e, slices)
             for e, xe in enumerate(x.index_select(0, tokens).split(counts))
