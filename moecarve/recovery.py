@@ -22,8 +22,8 @@ the calibration text, within a wall-clock budget:
    on the recovered model's routing of a few training chunks (``rebalance_selection``).
 
 The schedule is linear warm-up then cosine decay over the number of steps the budget allows,
-estimated from the first step's time and again from the warm-up steps after it; the teacher pass, the final validation and the bias refit
-count against the budget.
+estimated from the first step's time and again from the warm-up steps after it; the teacher pass,
+the final validation and the bias refit count against the budget.
 """
 
 from __future__ import annotations
@@ -230,8 +230,8 @@ def recover(
             if spec.max_steps is None and step in (1, WARMUP_STEPS):
                 # budget → number of steps: from the first step's time, then again when the warm-up
                 # ends (the decay has not begun, so the schedule stays smooth) from the mean of
-                # the later warm-up steps. The first step carries one-off costs: once it took
-                # twice the usual time and the plan stopped recovery at 189 of 300 s.
+                # the later warm-up steps. The first step carries one-off costs, and once (another
+                # process on the cores) a plan made from it alone ended recovery at 189 of 300 s.
                 now = time.perf_counter() - start
                 if step == 1:
                     step_seconds = max(now - elapsed, 1e-6)
