@@ -187,8 +187,8 @@ class MoEBlock(nn.Module):
         if T * k <= self.num_experts:
             return self._routed_gathered(x, selected)
         slices = self._expert_slices()
-        weights = (self.experts_up, self.experts_gate, self.experts_down)
-        if not (torch.is_grad_enabled() and (x.requires_grad or any(w is not None and w.requires_grad for w in weights))):
+        stacks = [w for w in self._expert_stacks() if w is not None]
+        if not (torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in stacks))):
             out = torch.zeros_like(x)
             for e, idx in expert_groups(selected, self.num_experts):
                 out.index_add_(0, idx, self.group_output(x[idx], e, slices))
@@ -241,13 +241,14 @@ class MoEBlock(nn.Module):
             self.experts_down[experts],
         )
 
+    def _expert_stacks(self) -> tuple[Any, ...]:
+        """The routed experts' (up, up bias, gate, gate bias, down) stacks, None where absent."""
+        return (self.experts_up, self.experts_up_bias, self.experts_gate, self.experts_gate_bias, self.experts_down)
+
     def _expert_slices(self) -> list[tuple[Any, ...]]:
-        """Per expert, views of its (up, up bias, gate, gate bias, down) slices (``unbind``: one
-        autograd node per weight stack rather than one per expert)."""
-        stacks = [
-            [None] * self.num_experts if w is None else w.unbind(0)
-            for w in (self.experts_up, self.experts_up_bias, self.experts_gate, self.experts_gate_bias, self.experts_down)
-        ]
+        """Per expert, views of its ``_expert_stacks()`` slices (``unbind``: one autograd node per
+        weight stack rather than one per expert)."""
+        stacks = [[None] * self.num_experts if w is None else w.unbind(0) for w in self._expert_stacks()]
         return list(zip(*stacks, strict=True))
 
     def group_output(self, x: torch.Tensor, e: int, slices: list[tuple[Any, ...]]) -> torch.Tensor:

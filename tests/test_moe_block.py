@@ -123,7 +123,7 @@ def test_decode_path_gathers_only_selected_experts(gated, monkeypatch):
     gathered: list[torch.Tensor] = []
     original = block.expert_weights
     monkeypatch.setattr(block, "expert_weights", lambda e: gathered.append(e.clone()) or original(e))
-    monkeypatch.setattr(block, "expert_output", lambda *_: pytest.fail("grouped path used for 3 tokens"))
+    monkeypatch.setattr(block, "group_output", lambda *_: pytest.fail("grouped path used for 3 tokens"))
     out = block(x)
     assert len(gathered) == 1 and torch.equal(gathered[0], selected.reshape(-1))
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
