@@ -62,8 +62,9 @@ class MoeSpec(_Strict):
         None,
         ge=2,
         description="With active_fraction: about this many equal units (shared + routed experts) per "
-        "layer, the nearest divisor of d_ff; default 128 (finer units cost carve time; at 75 % 256 "
-        "measured better, bench/README.md).",
+        "layer, the nearest divisor of d_ff (at least 4 neurons each); default 384, or 256 with recovery "
+        "(finer units measured better at every fraction and cost carve time and recovery steps; "
+        "moecarve/layouts.py, bench/README.md).",
     )
     layer_budgets: Literal["uniform", "adaptive", "sensitivity"] | None = Field(
         None,
@@ -387,6 +388,17 @@ class Recipe(_Strict):
     export: ExportSpec = Field(
         default_factory=ExportSpec, description="Native exports: {formats: [glm4_moe, qwen2_moe], score_scale}, or a format name."
     )
+
+    @model_validator(mode="after")
+    def _recovery_units(self) -> Recipe:
+        # a budget-first layout with recovery: the finest default units make every training step
+        # dearer (k · E pairs); within the 300 s, 256 units measured best (moecarve/layouts.py)
+        if self.recovery.enabled and self.moe.active_fraction is not None and self.moe.num_experts is None \
+                and self.moe.units is None:
+            from moecarve.layouts import RECOVERY_UNITS
+
+            self.moe.units = RECOVERY_UNITS
+        return self
 
     @model_validator(mode="after")
     def _overrides_disjoint(self) -> Recipe:

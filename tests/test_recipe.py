@@ -55,11 +55,11 @@ def test_unknown_fields_and_methods_are_rejected_with_the_known_names():
 def test_budget_first_layout_picks_fine_experts_that_divide_d_ff():
     r = Recipe.parse({"moe": {"active_fraction": 0.25}})
     m = r.moe.resolved(1536)
-    assert (m.num_shared_experts + m.num_experts) == 128
+    assert (m.num_shared_experts + m.num_experts) == 384  # 4-neuron units: measured best at every fraction
     assert m.fraction == pytest.approx(0.25)
     assert m.num_experts_per_tok < m.num_shared_experts  # measured: most of the budget always on
     assert r.moe.resolved(96).num_experts + r.moe.resolved(96).num_shared_experts == 24  # ≥ 4 neurons each
-    assert r.moe.resolved(28672).num_experts + r.moe.resolved(28672).num_shared_experts == 128
+    assert r.moe.resolved(28672).num_experts + r.moe.resolved(28672).num_shared_experts == 448  # nearest divisor
     for d_ff in (64, 96, 1536, 2048, 5632, 11008, 14336, 28672):
         for f in (0.1, 0.25, 0.5, 0.75):
             m = r.moe.model_copy(update={"active_fraction": f}).resolved(d_ff)
@@ -69,8 +69,14 @@ def test_budget_first_layout_picks_fine_experts_that_divide_d_ff():
             # routed part: 1/4 of the active units, at most 1/16 of all units (rounded)
             assert m.num_experts_per_tok <= max(1, round(units / 16))
             assert abs(m.fraction - f) <= 0.5 / units + 1e-9
+            assert d_ff // units >= 4
     fine = {f: r.moe.model_copy(update={"active_fraction": f}).resolved(1536) for f in (0.25, 0.5, 0.75)}
-    assert [(m.num_shared_experts, m.num_experts_per_tok) for m in fine.values()] == [(24, 8), (56, 8), (88, 8)]
+    assert [(m.num_shared_experts, m.num_experts_per_tok) for m in fine.values()] == [(72, 24), (168, 24), (264, 24)]
+    assert Recipe.parse({"moe": {"active_fraction": 0.5}}).moe.layout == "S168A24E384"  # without a config
+    # with recovery 256 units (cheaper training steps), unless the recipe names its units or layout
+    assert Recipe.parse({"moe": {"active_fraction": 0.5}, "recovery": True}).moe.resolved(1536).layout == "S112A16E256"
+    assert Recipe.parse({"moe": {"active_fraction": 0.5, "units": 384}, "recovery": True}).moe.units == 384
+    assert Recipe.parse({"moe": "S2A2E16", "recovery": True}).moe.units is None
 
 
 def test_units_sets_the_granularity_of_a_budget_first_layout_and_defaults_pick_the_budgets():
