@@ -91,7 +91,7 @@ class RoutingRecorder:
         norms = self.shared_norm + self.routed_norm
         return {
             "tokens": self.tokens,
-            "expert_load": [round(float(v), 6) for v in share],
+            "expert_load": _rounded(share),
             "load_cv": float(share.std(unbiased=False) / mean) if E > 1 else 0.0,
             "load_max_over_mean": float(share.max() / mean),
             "load_entropy": float(-(p * p.log()).sum() / math.log(E)) if E > 1 else 1.0,
@@ -102,10 +102,14 @@ class RoutingRecorder:
             "reconstruction_error": self.err_sq / max(self.dense_sq, 1e-30),
             "recall": self.mass_active / max(self.mass_total, 1e-30),
             "shared_output_share": self.shared_norm / norms if norms else 0.0,
-            "coselection": [
-                [round(float(v), 6) for v in row] for row in self.coselect / max(self.tokens, 1)
-            ],
+            "coselection": _rounded(self.coselect / max(self.tokens, 1)),
         }
+
+
+def _rounded(t: torch.Tensor) -> list[Any]:
+    """``t`` as nested lists of floats rounded to 6 decimals, in one vectorised pass (per-element
+    ``round`` took ~0.2 s per layer for the E × E co-selection matrix at E = 312)."""
+    return torch.round(t.double(), decimals=6).tolist()
 
 
 def _all_neurons(block: MoEBlock, with_inputs: bool = True) -> tuple[Any, ...]:

@@ -32,15 +32,20 @@ def make_ctx(ffn: FFNWeights, x: torch.Tensor, E: int = 8, s: int = 8, k: int = 
 
 
 @pytest.mark.unit
-def test_expert_gain_is_the_drop_in_squared_error():
+@pytest.mark.parametrize("rows", [1024, 7])  # one token block / several, the last one partial
+def test_expert_gain_is_the_drop_in_squared_error(rows, monkeypatch):
+    import routers.base
+
+    monkeypatch.setattr(routers.base, "GAIN_ROWS", rows)
     ffn = make_ffn()
     ctx = make_ctx(ffn, torch.randn(30, 16))
     dense = ctx.h @ ctx.down.t()
     shared = ctx.h[:, ctx.shared] @ ctx.down[:, ctx.shared].t()
-    e = 3
-    with_e = shared + ctx.expert_outputs(e)
-    want = ((dense - shared) ** 2).sum(1) - ((dense - with_e) ** 2).sum(1)
-    torch.testing.assert_close(ctx.expert_gain()[:, e], want, rtol=2e-3, atol=1e-2)
+    gain = ctx.expert_gain()
+    for e in range(ctx.num_experts):
+        with_e = shared + ctx.expert_outputs(e)
+        want = ((dense - shared) ** 2).sum(1) - ((dense - with_e) ** 2).sum(1)
+        torch.testing.assert_close(gain[:, e], want, rtol=2e-3, atol=1e-2)
 
 
 @pytest.mark.unit
